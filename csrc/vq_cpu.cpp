@@ -1,0 +1,1 @@
+// CPU nearest-codebook search (to be written).

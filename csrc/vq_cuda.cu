@@ -1,0 +1,1 @@
+// CUDA nearest-codebook search (to be written).
