@@ -1,0 +1,5 @@
+import sys
+
+from pyinpaint.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""The ``pyinpaint`` command: parses arguments, calls the Python API, prints results. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pyinpaint.config import VQVAE_PRESETS
+
+
+def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int) -> None:
+    p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
+    p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (official {batch_size})")
+    p.add_argument("--lr", type=float, default=lr, help=f"learning rate (official {lr:g})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and crops")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--ema-decay", type=float, default=0.9997, help="Polyak weight EMA decay (official 0.9997)")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines (default 50)")
+    p.add_argument("--val-every", type=int, default=500, help="steps between validations and grids (default 500)")
+    p.add_argument("--val-batches", type=int, default=8, help="validation batches per validation, 0 = all (default 8)")
+    p.add_argument("--ckpt-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--recipe", default="faces", choices=["faces", "scenes"],
+                   help="training preprocessing: faces = resize to 266/256 of the size then random crop "
+                        "(official CelebA-HQ); scenes = random crop (official Places2)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyinpaint",
+        description="Diverse image inpainting with a hierarchical VQ-VAE (Peng et al., CVPR 2021).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a stage of the model", description="Train one stage.")
+    tsub = train.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    tv = tsub.add_parser("vqvae", help="stage 1: the hierarchical VQ-VAE",
+                         description="Train the hierarchical VQ-VAE (official train_vqvae.py: MSE + 0.25 commitment, "
+                                     "EMA codebooks, Adam 1e-4, batch 8, Polyak EMA 0.9997).")
+    tv.add_argument("--config", default="paper", choices=sorted(VQVAE_PRESETS),
+                    help="architecture preset (default paper: 256 px, official widths)")
+    tv.add_argument("--image-size", type=int, help="override the preset's image size (multiple of 8)")
+    _add_train_common(tv, lr=1e-4, batch_size=8)
+
+    ev = sub.add_parser("eval", help="evaluate a trained stage", description="Evaluate a trained stage.")
+    esub = ev.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    evv = esub.add_parser("vqvae", help="reconstruction MSE and codebook usage of a VQ-VAE run",
+                          description="Reconstruction MSE on the official [-1, 1] scale (paper Table 3: 0.0033 "
+                                      "on CelebA-HQ validation) and codebook usage, with the run's EMA weights.")
+    evv.add_argument("run", help="run directory written by 'pyinpaint train vqvae'")
+    evv.add_argument("--data", required=True, help="folder of images to evaluate on")
+    evv.add_argument("--batch-size", type=int, default=16)
+    evv.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evv.add_argument("--recipe", default="resize", choices=["resize", "center-crop"],
+                     help="evaluation preprocessing (default resize, as the official validation)")
+    evv.add_argument("--device", default="auto")
+    evv.add_argument("--workers", type=int, default=0)
+    evv.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evv.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _train_vqvae(a: argparse.Namespace) -> int:
+    from pyinpaint.config import vqvae_preset
+    from pyinpaint.data import ImageFolder
+    from pyinpaint.train.loop import TrainArgs, resolve_device, train
+    from pyinpaint.train.vqvae import VQVAETask
+
+    overrides = {"image_size": a.image_size} if a.image_size else {}
+    cfg = vqvae_preset(a.config, **overrides)
+    args = TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+                     ema_decay=a.ema_decay, log_every=a.log_every, val_every=a.val_every,
+                     val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
+    device = resolve_device(a.device)
+    train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
+    val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
+    import torch
+    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
+    task = VQVAETask(cfg, lr=a.lr, device=device)
+    print(f"training vqvae ({a.config}, {cfg.image_size}px, "
+          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
+          f"device {device}, run {a.out}", file=sys.stderr)
+    last = train(task, train_set, val_set, args, resume=a.resume, device=device, progress=not a.quiet)
+    if last:
+        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
+    return 0
+
+
+def _eval_vqvae(a: argparse.Namespace) -> int:
+    from pyinpaint.evaluate import eval_vqvae
+    from pyinpaint.train.loop import resolve_device
+
+    m = eval_vqvae(a.run, a.data, batch_size=a.batch_size, limit=a.limit, recipe=a.recipe,
+                   device=resolve_device(a.device), workers=a.workers, progress=not a.quiet)
+    if a.json:
+        print(json.dumps(m))
+    else:
+        print(f"images            {m['images']}")
+        print(f"reconstruction MSE {m['mse']:.5f}  (scale [-1, 1]; paper Table 3, CelebA-HQ val: 0.0033)")
+        print(f"commitment loss   {m['commit']:.5f}")
+        print(f"top codebook      {m['use_t']:.1%} of codes used, perplexity {m['ppl_t']:.1f}")
+        print(f"bottom codebook   {m['use_b']:.1%} of codes used, perplexity {m['ppl_b']:.1f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae}
+    try:
+        return handlers[(a.command, a.stage)](a)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        print(f"pyinpaint: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Reading training runs (see :mod:`pyinpaint.train.loop` for the layout): config and EMA weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pyinpaint import io
+from pyinpaint.config import VQVAEConfig, from_dict
+from pyinpaint.models.vqvae import VQVAE
+
+
+def read_config(run: str | Path, stage: str) -> dict:
+    run = Path(run)
+    if not (run / "config.json").exists():
+        raise FileNotFoundError(f"{run} is not a training run (no config.json)")
+    config = io.load_json(run / "config.json")
+    if config.get("stage") != stage:
+        raise ValueError(f"{run} is a {config.get('stage')!r} run, not a {stage!r} run")
+    return config
+
+
+def load_vqvae(run: str | Path, device: str | torch.device = "cpu") -> VQVAE:
+    """The VQ-VAE of a run with its Polyak-EMA weights (what the official pipeline evaluates and uses)."""
+    run = Path(run)
+    cfg = from_dict(VQVAEConfig, read_config(run, "vqvae")["model"])
+    if not (run / "ema.safetensors").exists():
+        raise FileNotFoundError(f"{run} has no ema.safetensors yet (no checkpoint was written)")
+    model = VQVAE(cfg)
+    io.load_state_into(model, io.load_tensors(run / "ema.safetensors"), f"{run}/ema.safetensors")
+    return model.to(device).eval()
