@@ -262,11 +262,9 @@ def nearest_code_triton(
 # C++ extension (kernels/_ext.py, optional)
 # ----------------------------------------------------------------------------------------------------
 def _load_ext():
-    """(module, None) or (None, why). Imported lazily: the wrapper and the build are optional."""
-    try:
-        from . import _ext
-    except ImportError as exc:
-        return None, f"the C++ extension wrapper kernels/_ext.py cannot be imported ({exc})"
+    """(module, None) or (None, why). ``_ext`` itself never fails to import (it guards ``pyinpaint._C``)."""
+    from . import _ext
+
     return _ext, None
 
 
@@ -332,9 +330,14 @@ def _plan(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor | None, b
             return None, f"backend='ext' was requested but cannot run: {why}"
         return "ext", f"requested explicitly; runs on {z.device}"
 
-    # auto: Triton on CUDA, the PyTorch reference everywhere else
+    # auto: Triton on CUDA; on the CPU the C++ op (about 12x the PyTorch reference at the paper's shapes,
+    # docs/benchmarks.md), else the reference. CPU tensors never go to the Triton interpreter by themselves.
     if z.device.type != "cuda":
-        return "torch", (f"tensors are on {z.device.type}; auto uses the PyTorch reference off CUDA and never "
+        why_not_ext = _ext_unavailable_reason(z, codebook)
+        if why_not_ext is None:
+            return "ext", f"tensors are on {z.device.type}; the C++ extension's op is the fastest there"
+        _load_ext()[0].warn_once()  # says once per process why the extension is not used (if it is missing)
+        return "torch", (f"tensors are on {z.device.type} and the C++ op cannot run ({why_not_ext}); auto never "
                          f"routes CPU tensors to the Triton interpreter (pass backend='triton' to force it)")
     why = _dtype_unsupported_reason(z, codebook) or triton_unavailable_reason(*tensors)
     if why is not None:

@@ -269,8 +269,11 @@ def test_reason_auto():
     z, cb = _randn(5, 12, seed=1), _randn(9, 12, seed=2)
     text = vq.reason(z, cb)
     if DEVICE == "cpu":
-        assert text.startswith("torch: tensors are on cpu")
-        assert "never routes CPU tensors to the Triton interpreter" in text
+        if vq._ext_unavailable_reason(z, cb) is None:
+            assert text == "ext: tensors are on cpu; the C++ extension's op is the fastest there"
+        else:
+            assert text.startswith("torch: tensors are on cpu and the C++ op cannot run")
+            assert "never routes CPU tensors to the Triton interpreter" in text
     elif _triton.triton_unavailable_reason(z, cb) is None:
         assert text == "triton: tensors are on CUDA and triton is available"
     else:
@@ -280,7 +283,9 @@ def test_reason_auto():
 def test_reason_auto_cpu_even_with_interpreter(monkeypatch):
     monkeypatch.setattr(_triton, "INTERPRET", True)
     z, cb = torch.randn(5, 12), torch.randn(9, 12)
-    assert vq.reason(z, cb).startswith("torch: tensors are on cpu")
+    assert not vq.reason(z, cb).startswith("triton")
+    monkeypatch.setattr(vq, "_ext_unavailable_reason", lambda z, cb: "pretend it is missing")
+    assert vq.reason(z, cb).startswith("torch: tensors are on cpu and the C++ op cannot run (pretend")
 
 
 def test_triton_unavailable_reasons(monkeypatch):
