@@ -58,6 +58,57 @@ class VQVAEConfig:
         return self.image_size // 4
 
 
+@dataclass(frozen=True)
+class StructureConfig:
+    """Structure generator (stage 2): condition network + conditional PixelCNN over the top code map."""
+
+    image_size: int = 256  # the code map is image_size / 8 square
+    embedding_dim: int = 64  # of the VQ-VAE's top codebook (the PixelCNN's input)
+    num_embeddings: int = 512  # classes of the logits
+    cond_channels: int = 32  # nr_channel_cond_s: h has 8x this many channels
+    cond_res_channels: int = 32  # nr_res_channel_cond_s
+    channels: int = 128  # nr_channel_s
+    res_channels: int = 128  # nr_res_channel_s
+    resnets: int = 20  # nr_resnet_s: (u, ul) block pairs
+    out_resnets: int = 20  # nr_resnet_out_s
+    attention: int = 4  # nr_attention_s: groups, each ending with an attention block
+    heads: int = 8  # nr_head_s
+    dropout: float = 0.1  # dropout_s (training only)
+
+    official_flags = {
+        "image_size": "image_size",
+        "embedding_dim": "embedding_dim",
+        "num_embeddings": "num_embeddings",
+        "cond_channels": "nr_channel_cond_s",
+        "cond_res_channels": "nr_res_channel_cond_s",
+        "channels": "nr_channel_s",
+        "res_channels": "nr_res_channel_s",
+        "resnets": "nr_resnet_s",
+        "out_resnets": "nr_resnet_out_s",
+        "attention": "nr_attention_s",
+        "heads": "nr_head_s",
+        "dropout": "dropout_s",
+    }
+
+    def __post_init__(self):
+        if self.image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8 (got {self.image_size})")
+        if self.attention < 1 or self.resnets % self.attention or self.resnets // self.attention < 1:
+            raise ValueError(f"resnets ({self.resnets}) must be a positive multiple of attention ({self.attention})")
+        if self.channels < 8 or self.channels % 2:
+            raise ValueError(f"channels must be even and >= 8 (attention uses channels // 8), got {self.channels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
+
+    @property
+    def map_size(self) -> int:
+        return self.image_size // 8
+
+    @property
+    def h_channels(self) -> int:
+        return 8 * self.cond_channels
+
+
 def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -88,6 +139,25 @@ VQVAE_PRESETS: dict[str, VQVAEConfig] = {
     # For tests and smoke runs.
     "tiny": VQVAEConfig(image_size=64, channels=16, res_blocks=1, res_channels=8, embedding_dim=8, num_embeddings=32),
 }
+
+
+STRUCTURE_PRESETS: dict[str, StructureConfig] = {
+    "paper": StructureConfig(),
+    "dev": StructureConfig(image_size=128, embedding_dim=12, num_embeddings=64, cond_channels=6, cond_res_channels=3,
+                           channels=32, res_channels=24, resnets=8, out_resnets=2, attention=4, heads=4),
+    # CPU-trainable on the "small" VQ-VAE (128 px, 16x16 code map); keeps every kind of layer.
+    "small": StructureConfig(image_size=128, embedding_dim=64, num_embeddings=512, cond_channels=16,
+                             cond_res_channels=16, channels=64, res_channels=64, resnets=8, out_resnets=4,
+                             attention=2, heads=4),
+    "tiny": StructureConfig(image_size=64, embedding_dim=8, num_embeddings=32, cond_channels=4, cond_res_channels=4,
+                            channels=16, res_channels=8, resnets=2, out_resnets=1, attention=1, heads=2),
+}
+
+
+def structure_preset(name: str, **overrides) -> StructureConfig:
+    if name not in STRUCTURE_PRESETS:
+        raise ValueError(f"unknown structure preset {name!r}; choose one of {sorted(STRUCTURE_PRESETS)}")
+    return dataclasses.replace(STRUCTURE_PRESETS[name], **overrides)
 
 
 def vqvae_preset(name: str, **overrides) -> VQVAEConfig:

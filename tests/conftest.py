@@ -1,7 +1,10 @@
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 # The official parity fixtures live in ../shared/parity beside the project (developers' machines and CI);
 # a user's fresh checkout has none, and the parity tests then skip. PYINPAINT_PARITY_DIR overrides.
@@ -22,3 +25,24 @@ def pytest_generate_tests(metafunc):
         else:
             metafunc.parametrize("parity_dir", [pytest.param(None, marks=pytest.mark.skip(
                 reason=f"no official parity fixtures at {PARITY_ROOT} (set PYINPAINT_PARITY_DIR)"))])
+
+
+def load_parity(parity_dir: Path):
+    """(official flags, weights by TF name, io arrays) of one fixture set."""
+    flags = json.loads((parity_dir / "config.json").read_text())["config"]
+    weights = dict(np.load(parity_dir / "weights.npz", allow_pickle=False))
+    io = dict(np.load(parity_dir / "io.npz", allow_pickle=False))
+    return flags, weights, io
+
+
+def nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+
+def nhwc(t: torch.Tensor) -> np.ndarray:
+    return t.detach().permute(0, 2, 3, 1).numpy()
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    """max |ours - ref| / max |ref|: the fixtures' error measure."""
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())

@@ -1,9 +1,8 @@
 """Parity of the VQ-VAE with the official TensorFlow networks (fixtures in ../shared/parity)."""
-import json
-
 import numpy as np
 import pytest
 import torch
+from conftest import load_parity, nhwc, rel_err
 
 from pyinpaint.config import VQVAEConfig, from_official_flags
 from pyinpaint.models import official
@@ -12,19 +11,9 @@ from pyinpaint.models.vqvae import VQVAE
 TOL = 1e-5  # max |ours - official| / max |official|, float32 (the fixtures' README)
 
 
-def nhwc(t: torch.Tensor) -> np.ndarray:
-    return t.detach().permute(0, 2, 3, 1).numpy()
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
-
-
 @pytest.fixture
 def fixture(parity_dir):
-    flags = json.loads((parity_dir / "config.json").read_text())["config"]
-    weights = dict(np.load(parity_dir / "weights.npz", allow_pickle=False))
-    io = dict(np.load(parity_dir / "io.npz", allow_pickle=False))
+    flags, weights, io = load_parity(parity_dir)
     cfg = from_official_flags(VQVAEConfig, flags)
     model = VQVAE(cfg).eval()
     official.load_official(official.vqvae_names(model), weights)

@@ -74,3 +74,162 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.elu(self.conv1(F.elu(x))))
+
+
+def concat_elu(x: torch.Tensor) -> torch.Tensor:
+    """``nn.concat_elu``: elu(cat([x, -x], channel)): doubles the channels."""
+    return F.elu(torch.cat([x, -x], dim=1))
+
+
+_concat_elu = concat_elu  # for methods whose ``concat_elu`` flag shadows the function
+
+
+def down_shift(x: torch.Tensor) -> torch.Tensor:
+    """Shift a map one row down, zero in the first row (``nn.down_shift``)."""
+    return F.pad(x[:, :, :-1, :], (0, 0, 1, 0))
+
+
+def right_shift(x: torch.Tensor) -> torch.Tensor:
+    """Shift a map one column right, zero in the first column (``nn.right_shift``)."""
+    return F.pad(x[:, :, :, :-1], (1, 0, 0, 0))
+
+
+def _weight_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    # tf.nn.l2_normalize(V, [0, 1, 2]) * g: norm over everything but the output channel, eps 1e-12 on the square.
+    sq = (v * v).sum(dim=tuple(range(1, v.dim())), keepdim=True)
+    return v * torch.rsqrt(sq.clamp_min(1e-12)) * g.view(-1, *([1] * (v.dim() - 1)))
+
+
+class WNConv2d(nn.Module):
+    """Weight-normalised convolution (``nn.wnconv2d``): W = g * V / ||V||, norm per output channel.
+
+    ``padding``: "same" (TF SAME, with ``dilation``), "down" (``down_shifted_conv2d``: pad top kh-1, left and
+    right (kw-1)/2) or "down_right" (``down_right_shifted_conv2d``: pad top kh-1, left kw-1). The causal
+    kinds go through :func:`pyinpaint.kernels.causal_conv.causal_conv2d`, which can fuse concat_elu into
+    its input load: ``forward(x, concat_elu=True)`` equals ``forward(concat_elu(x))``.
+    Official init: V ~ N(0, 0.05), g = 1, b = 0 (no data-dependent init).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple[int, int] = 3, *, stride: int = 1,
+                 dilation: int = 1, padding: str = "same"):
+        super().__init__()
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        if padding not in ("same", "down", "down_right"):
+            raise ValueError(f"padding must be 'same', 'down' or 'down_right', got {padding!r}")
+        if padding != "same" and (stride != 1 or dilation != 1):
+            raise ValueError("shifted (causal) convolutions have stride 1 and no dilation")
+        self.in_ch, self.out_ch, self.kernel = in_ch, out_ch, (kh, kw)
+        self.stride, self.dilation, self.padding = stride, dilation, padding
+        self.v = nn.Parameter(torch.randn(out_ch, in_ch, kh, kw) * 0.05)
+        self.g = nn.Parameter(torch.ones(out_ch))
+        self.b = nn.Parameter(torch.zeros(out_ch))
+
+    def weight(self) -> torch.Tensor:
+        return _weight_norm(self.v, self.g)
+
+    def forward(self, x: torch.Tensor, concat_elu: bool = False) -> torch.Tensor:
+        w = self.weight()
+        if self.padding != "same":
+            from pyinpaint.kernels.causal_conv import causal_conv2d
+
+            kind = "down" if self.padding == "down" else "down_right"
+            return causal_conv2d(x, w, self.b, kind=kind, concat_elu=concat_elu)
+        if concat_elu:
+            x = _concat_elu(x)
+        (kh, kw), s, d = self.kernel, self.stride, self.dilation
+        top, bottom = same_padding(x.shape[-2], kh, s, d)
+        left, right = same_padding(x.shape[-1], kw, s, d)
+        if top == bottom and left == right:
+            return F.conv2d(x, w, self.b, s, (top, left), d)
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), w, self.b, s, 0, d)
+
+
+class WNDense(nn.Module):
+    """Weight-normalised dense layer applied per position (``nn.nin`` / ``nn.wndense``) on NCHW maps:
+    y = (x V) * g / ||V||_col + b, as a 1x1 convolution. ``v`` is [out, in] (the TF variable is [in, out])."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.in_ch, self.out_ch = in_ch, out_ch
+        self.v = nn.Parameter(torch.randn(out_ch, in_ch) * 0.05)
+        self.g = nn.Parameter(torch.ones(out_ch))
+        self.b = nn.Parameter(torch.zeros(out_ch))
+
+    def weight(self) -> torch.Tensor:
+        # no epsilon in the official wndense
+        return self.v * (self.g / torch.sqrt((self.v * self.v).sum(dim=1))).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight()[:, :, None, None], self.b)
+
+
+class CausalSelfAttention(nn.Module):
+    """The strictly causal multi-head attention inside the PixelCNN's gated blocks (official gated_resnet).
+
+    Per head: q, k = nin(c3) of ``dk`` channels, v = nin(c3) of ``dv`` channels (official: C//8 and C//2
+    whatever the number of heads); logits q k^T / sqrt(dk); each raster position attends to strictly
+    earlier ones (position 0 outputs 0); heads concatenated in order, then nin -> C. The per-head q, k, v
+    projections are one fused dense layer (columns [q_0, k_0, v_0, q_1, ...], the official creation
+    order): weight norm is per output column, so fusing them changes no number.
+    """
+
+    def __init__(self, channels: int, heads: int, dk: int, dv: int):
+        super().__init__()
+        self.heads, self.dk, self.dv = heads, dk, dv
+        self.qkv = WNDense(channels, heads * (2 * dk + dv))
+        self.out = WNDense(heads * dv, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from pyinpaint.kernels.causal_attention import causal_attention
+
+        n, _, h, w = x.shape
+        qkv = self.qkv(x).view(n, self.heads, 2 * self.dk + self.dv, h * w).transpose(2, 3)
+        q, k, v = qkv.split([self.dk, self.dk, self.dv], dim=-1)
+        att = causal_attention(q, k, v, scale=1.0 / math.sqrt(self.dk))  # [n, heads, L, dv]
+        return self.out(att.transpose(2, 3).reshape(n, self.heads * self.dv, h, w))
+
+
+class GatedResBlock(nn.Module):
+    """``nn.gated_resnet`` with concat_elu:
+
+        c1 = conv(concat_elu(x)) [+ nin(concat_elu(a))];  c2 = conv(concat_elu(c1), 2C) [+ nin(concat_elu(h), 2C)]
+        c3 = c2[:C] * sigmoid(c2[C:]);  [c3 += attention(c3)];  [dropout];  return x + c3
+
+    ``padding`` picks the convolution ("same" with ``kernel`` and ``dilation`` for the first conv,
+    "down" [2, 3] or "down_right" [2, 2] in the PixelCNN). Layers are registered in the official order.
+    """
+
+    def __init__(self, channels: int, res_channels: int, *, padding: str = "same", kernel=3, dilation: int = 1,
+                 aux_channels: int = 0, cond_channels: int = 0, attention_heads: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.channels = channels
+        self.conv1 = WNConv2d(2 * channels, res_channels, kernel, dilation=dilation, padding=padding)
+        self.aux = WNDense(2 * aux_channels, res_channels) if aux_channels else None
+        self.conv2 = WNConv2d(2 * res_channels, 2 * channels, kernel, padding=padding)
+        self.cond = WNDense(2 * cond_channels, 2 * channels) if cond_channels else None
+        self.attention = (CausalSelfAttention(channels, attention_heads, channels // 8, channels // 2)
+                          if attention_heads else None)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor | None = None, h: torch.Tensor | None = None,
+                h_proj: torch.Tensor | None = None) -> torch.Tensor:
+        """``h_proj`` (= ``self.cond(concat_elu(h))``, precomputed once per image) may replace ``h``."""
+        c1 = self.conv1(x, concat_elu=True)
+        if self.aux is not None:
+            if a is None:
+                raise ValueError("this block takes an auxiliary input a")
+            c1 = c1 + self.aux(concat_elu(a))
+        c2 = self.conv2(c1, concat_elu=True)
+        if self.cond is not None:
+            if h_proj is None:
+                if h is None:
+                    raise ValueError("this block takes a condition h")
+                h_proj = self.cond(concat_elu(h))
+            c2 = c2 + h_proj
+        u, gate = c2.chunk(2, dim=1)
+        c3 = u * torch.sigmoid(gate)
+        if self.attention is not None:
+            c3 = c3 + self.attention(c3)
+        if self.dropout > 0 and self.training:
+            c3 = F.dropout(c3, self.dropout, training=True)
+        return x + c3

@@ -7,7 +7,9 @@ official-checkpoint converter and by the parity tests. Array layouts (TF -> ours
 
 - conv ``W`` HWIO -> OIHW; VQ-VAE ``deconv2d/W`` [kh, kw, out, in] -> ConvTranspose2d [in, out, kh, kw]
   (both ``transpose(3, 2, 0, 1)``); biases as they are;
-- codebooks ``embedding`` and ``ema_dw`` [D, K] -> [K, D]; ``ema_cluster_size`` [K].
+- codebooks ``embedding`` and ``ema_dw`` [D, K] -> [K, D]; ``ema_cluster_size`` [K];
+- weight-norm ``wnconv2d/V`` HWIO -> OIHW, ``wndense/V`` [in, out] -> [out, in]; ``g``, ``b`` as they are.
+  The per-head q, k, v ``wndense`` layers of an attention block are row slices of our fused projection.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from pyinpaint.config import VQVAEConfig
 from pyinpaint.models import layers
+from pyinpaint.models.structure import StructureGenerator
 from pyinpaint.models.vqvae import VQVAE, VectorQuantizer
 
 _CONV = (3, 2, 0, 1)
@@ -30,6 +33,11 @@ _T = (1, 0)
 class Entry:
     tensor: torch.Tensor  # our parameter or buffer
     perm: tuple[int, ...] | None  # axes permutation TF -> ours (None = same layout)
+    rows: slice | None = None  # the official variable is these rows (dim 0) of ours (fused projections)
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.tensor if self.rows is None else self.tensor[self.rows]
 
     def from_tf(self, a: np.ndarray) -> np.ndarray:
         return np.transpose(a, self.perm) if self.perm else a
@@ -38,14 +46,32 @@ class Entry:
         return np.transpose(a, np.argsort(self.perm)) if self.perm else a
 
 
-def _leaves(m: nn.Module) -> tuple[str, dict[str, Entry]] | None:
+def _wn(v: torch.Tensor, g: torch.Tensor, b: torch.Tensor, perm, rows: slice | None = None) -> dict[str, Entry]:
+    return {"V": Entry(v, perm, rows), "g": Entry(g, None, rows), "b": Entry(b, None, rows)}
+
+
+def _leaves(m: nn.Module) -> list[tuple[str, dict[str, Entry]]] | None:
+    """The official (layer type, {leaf: entry}) of one of our modules, in creation order; None = not a layer."""
+    if isinstance(m, layers.WNConv2d):
+        return [("wnconv2d", _wn(m.v, m.g, m.b, _CONV))]
+    if isinstance(m, layers.WNDense):
+        return [("wndense", _wn(m.v, m.g, m.b, _T))]
+    if isinstance(m, layers.CausalSelfAttention):
+        # per head: q, k, v (separate official wndense layers, fused in ours), then the output nin
+        out, width, start = [], 2 * m.dk + m.dv, 0
+        for _ in range(m.heads):
+            for size in (m.dk, m.dk, m.dv):
+                out.append(("wndense", _wn(m.qkv.v, m.qkv.g, m.qkv.b, _T, slice(start, start + size))))
+                start += size
+        assert start == m.heads * width
+        return out + [("wndense", _wn(m.out.v, m.out.g, m.out.b, _T))]
     if isinstance(m, layers.Conv2d):
-        return "conv2d", {"W": Entry(m.weight, _CONV), "b": Entry(m.bias, None)}
+        return [("conv2d", {"W": Entry(m.weight, _CONV), "b": Entry(m.bias, None)})]
     if isinstance(m, layers.ConvTranspose2d):
-        return "deconv2d", {"W": Entry(m.weight, _CONV), "b": Entry(m.bias, None)}
+        return [("deconv2d", {"W": Entry(m.weight, _CONV), "b": Entry(m.bias, None)})]
     if isinstance(m, VectorQuantizer):
-        return "vector_quantize", {"embedding": Entry(m.embedding, _T), "ema_cluster_size": Entry(m.ema_cluster_size, None),
-                                   "ema_dw": Entry(m.ema_dw, _T)}
+        return [("vector_quantize", {"embedding": Entry(m.embedding, _T),
+                                     "ema_cluster_size": Entry(m.ema_cluster_size, None), "ema_dw": Entry(m.ema_dw, _T)})]
     return None
 
 
@@ -53,20 +79,27 @@ def template_names(template: str, root: nn.Module) -> dict[str, Entry]:
     """Official names of every variable of one TF template (``vq_encoder``, ...) built by ``root``."""
     counters: dict[str, int] = {}
     out: dict[str, Entry] = {}
+    done: set[int] = set()  # modules already named as part of a composite (the attention's projections)
     for m in root.modules():
-        found = _leaves(m)
+        found = None if id(m) in done else _leaves(m)
         if found is None:
             continue
-        kind, leaves = found
-        i = counters.get(kind, 0)
-        counters[kind] = i + 1
-        for leaf, entry in leaves.items():
-            out[f"{template}/{kind}_{i}/{leaf}"] = entry
+        done.update(id(c) for c in m.modules())
+        for kind, leaves in found:
+            i = counters.get(kind, 0)
+            counters[kind] = i + 1
+            for leaf, entry in leaves.items():
+                out[f"{template}/{kind}_{i}/{leaf}"] = entry
     return out
 
 
 def vqvae_names(model: VQVAE) -> dict[str, Entry]:
     return {**template_names("vq_encoder", model.encoder), **template_names("vq_decoder", model.decoder)}
+
+
+def structure_names(model: StructureGenerator) -> dict[str, Entry]:
+    return {**template_names("structure_condition", model.condition),
+            **template_names("structure_pixelcnn", model.pixelcnn)}
 
 
 def load_official(names: dict[str, Entry], arrays: Mapping[str, np.ndarray], *, strict: bool = True) -> list[str]:
@@ -83,16 +116,17 @@ def load_official(names: dict[str, Entry], arrays: Mapping[str, np.ndarray], *, 
             if name not in arrays:
                 continue
             a = entry.from_tf(np.asarray(arrays[name]))
-            if tuple(a.shape) != tuple(entry.tensor.shape):
+            target = entry.target
+            if tuple(a.shape) != tuple(target.shape):
                 raise ValueError(f"{name}: official shape {tuple(np.asarray(arrays[name]).shape)} does not fit "
-                                 f"our {tuple(entry.tensor.shape)} (after layout change {tuple(a.shape)})")
-            entry.tensor.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(entry.tensor.dtype))
+                                 f"our {tuple(target.shape)} (after layout change {tuple(a.shape)})")
+            target.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(target.dtype))
     return missing
 
 
 def export_official(names: dict[str, Entry]) -> dict[str, np.ndarray]:
     """Our tensors under their official names and layouts (the inverse of :func:`load_official`)."""
-    return {k: np.ascontiguousarray(e.to_tf(e.tensor.detach().cpu().numpy())) for k, e in names.items()}
+    return {k: np.ascontiguousarray(e.to_tf(e.target.detach().cpu().numpy())) for k, e in names.items()}
 
 
 def infer_vqvae_config(arrays: Mapping[str, np.ndarray], image_size: int = 256, **overrides) -> VQVAEConfig:
