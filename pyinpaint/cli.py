@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from pyinpaint.config import VQVAE_PRESETS
+from pyinpaint.config import STRUCTURE_PRESETS, VQVAE_PRESETS
 
 
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int) -> None:
@@ -46,6 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--image-size", type=int, help="override the preset's image size (multiple of 8)")
     _add_train_common(tv, lr=1e-4, batch_size=8)
 
+    ts = tsub.add_parser("structure", help="stage 2: the structure generator (condition net + PixelCNN)",
+                         description="Train the structure generator on the ground-truth top codes of a trained "
+                                     "VQ-VAE (official train_structure_generator.py: summed cross entropy, Adam "
+                                     "with warm-up and (t+1)^-0.35 decay, dropout 0.1, Polyak EMA 0.9997).")
+    ts.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen)")
+    ts.add_argument("--config", default="paper", choices=sorted(STRUCTURE_PRESETS),
+                    help="architecture preset (default paper); image size and codebook come from the VQ-VAE")
+    ts.add_argument("--masks", default="random",
+                    help="training masks: center, center-box, random (default), box, stroke, protocol, or a "
+                         "folder of mask files (nonzero = hole)")
+    ts.add_argument("--val-masks", default="protocol", help="validation masks (default protocol: fixed, seeded)")
+    ts.add_argument("--warmup", type=int, default=16000,
+                    help="the schedule's warm-up constant (official 16000; smaller for short runs)")
+    ts.add_argument("--dropout", type=float, help="override the preset's dropout (official 0.1)")
+    _add_train_common(ts, lr=0.18, batch_size=8)
+
     ev = sub.add_parser("eval", help="evaluate a trained stage", description="Evaluate a trained stage.")
     esub = ev.add_subparsers(dest="stage", required=True, metavar="STAGE")
     evv = esub.add_parser("vqvae", help="reconstruction MSE and codebook usage of a VQ-VAE run",
@@ -61,6 +78,33 @@ def build_parser() -> argparse.ArgumentParser:
     evv.add_argument("--workers", type=int, default=0)
     evv.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evv.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evs = esub.add_parser("structure", help="NLL (bits/dim) of a structure-generator run",
+                          description="Negative log-likelihood of the true top codes in bits per dimension with the "
+                                      "run's EMA weights (paper Table 3: about 1.24 on CelebA-HQ val, random masks).")
+    evs.add_argument("run", help="run directory written by 'pyinpaint train structure'")
+    evs.add_argument("--data", required=True, help="folder of images to evaluate on")
+    evs.add_argument("--masks", default="protocol", help="masks (default protocol: seeded, the same every time)")
+    evs.add_argument("--seed", type=int, default=0, help="seed of the masks")
+    evs.add_argument("--batch-size", type=int, default=16)
+    evs.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evs.add_argument("--device", default="auto")
+    evs.add_argument("--workers", type=int, default=0)
+    evs.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evs.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    en = sub.add_parser("entropy", help="entropy map of the structure distribution for a masked image",
+                        description="Sample one structure for IMAGE with hole MASK and save, side by side: the "
+                                    "masked image, the per-position entropy (bits, 0 to log2 K) of the predicted "
+                                    "code distribution along the sampled structure, and the decoded structure "
+                                    "(the paper's Figure 9).")
+    en.add_argument("run", help="structure run directory")
+    en.add_argument("image", help="image file")
+    en.add_argument("mask", help="mask file (nonzero = hole), or center / random / protocol")
+    en.add_argument("-o", "--out", required=True, help="output PNG")
+    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--invert-mask", action="store_true", help="the mask file marks the hole with 0")
+    en.add_argument("--device", default="auto")
     return parser
 
 
@@ -90,6 +134,71 @@ def _train_vqvae(a: argparse.Namespace) -> int:
     return 0
 
 
+def _train_structure(a: argparse.Namespace) -> int:
+    import torch
+
+    from pyinpaint.config import structure_preset
+    from pyinpaint.data import ImageFolder, make_mask_source
+    from pyinpaint.runs import copy_vqvae_into, load_vqvae
+    from pyinpaint.train.loop import TrainArgs, resolve_device, train
+    from pyinpaint.train.structure import StructureTask
+
+    device = resolve_device(a.device)
+    vqvae_dir = Path(a.out) / "vqvae" if a.resume else Path(a.vqvae)
+    vq = load_vqvae(vqvae_dir, device)
+    overrides = dict(image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim,
+                     num_embeddings=vq.cfg.num_embeddings)
+    if a.dropout is not None:
+        overrides["dropout"] = a.dropout
+    cfg = structure_preset(a.config, **overrides)
+    args = TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+                     ema_decay=a.ema_decay, log_every=a.log_every, val_every=a.val_every,
+                     val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
+    train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
+    val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
+    masks = make_mask_source(a.masks, cfg.image_size, seed=a.seed)
+    val_masks = make_mask_source(a.val_masks, cfg.image_size, seed=12345)
+    torch.manual_seed(a.seed)
+    task = StructureTask(cfg, vq, masks, val_masks, lr=a.lr, warmup=a.warmup, device=device,
+                         vqvae_run=str(Path(a.vqvae).resolve()))
+    if not a.resume:
+        if Path(a.out, "config.json").exists():
+            raise FileExistsError(f"{a.out} already holds a run: pass --resume to continue it, or choose another --out")
+        copy_vqvae_into(a.out, a.vqvae)
+    print(f"training structure generator ({a.config}, {cfg.map_size}x{cfg.map_size} codes, "
+          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
+          f"masks {a.masks}, device {device}, run {a.out}", file=sys.stderr)
+    last = train(task, train_set, val_set, args, resume=a.resume, device=device, progress=not a.quiet)
+    if last:
+        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
+    return 0
+
+
+def _eval_structure(a: argparse.Namespace) -> int:
+    from pyinpaint.evaluate import eval_structure
+    from pyinpaint.train.loop import resolve_device
+
+    m = eval_structure(a.run, a.data, masks=a.masks, seed=a.seed, batch_size=a.batch_size, limit=a.limit,
+                       device=resolve_device(a.device), workers=a.workers, progress=not a.quiet)
+    if a.json:
+        print(json.dumps(m))
+    else:
+        print(f"images  {m['images']}")
+        print(f"NLL     {m['bpd']:.4f} bits/dim  (masks {a.masks}; paper Table 3, CelebA-HQ val: 1.243)")
+    return 0
+
+
+def _entropy(a: argparse.Namespace) -> int:
+    from pyinpaint.evaluate import entropy_map
+    from pyinpaint.train.loop import resolve_device
+
+    info = entropy_map(a.run, a.image, a.mask, a.out, seed=a.seed, invert_mask=a.invert_mask,
+                       device=resolve_device(a.device))
+    print(f"wrote {a.out}: mean entropy {info['mean_bits']:.2f} bits in the hole, {info['mean_bits_known']:.2f} "
+          f"outside (max {info['max_bits']:.2f})")
+    return 0
+
+
 def _eval_vqvae(a: argparse.Namespace) -> int:
     from pyinpaint.evaluate import eval_vqvae
     from pyinpaint.train.loop import resolve_device
@@ -109,9 +218,11 @@ def _eval_vqvae(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae}
+    handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae,
+                ("train", "structure"): _train_structure, ("eval", "structure"): _eval_structure,
+                ("entropy", None): _entropy}
     try:
-        return handlers[(a.command, a.stage)](a)
+        return handlers[(a.command, getattr(a, "stage", None))](a)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"pyinpaint: error: {e}", file=sys.stderr)
         return 2

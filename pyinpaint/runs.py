@@ -29,3 +29,33 @@ def load_vqvae(run: str | Path, device: str | torch.device = "cpu") -> VQVAE:
     model = VQVAE(cfg)
     io.load_state_into(model, io.load_tensors(run / "ema.safetensors"), f"{run}/ema.safetensors")
     return model.to(device).eval()
+
+
+def copy_vqvae_into(run: str | Path, vqvae_run: str | Path) -> None:
+    """Keep a copy of the VQ-VAE a later stage was trained on inside that stage's run (``RUN/vqvae``), so the
+    run stays usable when the VQ-VAE's own run directory moves or is deleted."""
+    import shutil
+
+    src, dst = Path(vqvae_run), Path(run) / "vqvae"
+    read_config(src, "vqvae")
+    if not (src / "ema.safetensors").exists():
+        raise FileNotFoundError(f"{src} has no ema.safetensors yet (no checkpoint was written)")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "ema.safetensors"):
+        shutil.copyfile(src / name, dst / f".{name}.tmp")
+        (dst / f".{name}.tmp").replace(dst / name)
+
+
+def load_structure(run: str | Path, device: str | torch.device = "cpu"):
+    """(StructureGenerator with EMA weights, its VQ-VAE) of a structure run."""
+    from pyinpaint.config import StructureConfig
+    from pyinpaint.models.structure import StructureGenerator
+
+    run = Path(run)
+    config = read_config(run, "structure")
+    cfg = from_dict(StructureConfig, config["model"]["structure"])
+    if not (run / "ema.safetensors").exists():
+        raise FileNotFoundError(f"{run} has no ema.safetensors yet (no checkpoint was written)")
+    model = StructureGenerator(cfg)
+    io.load_state_into(model, io.load_tensors(run / "ema.safetensors"), f"{run}/ema.safetensors")
+    return model.to(device).eval(), load_vqvae(run / "vqvae", device)

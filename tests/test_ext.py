@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 
 import pytest
@@ -239,7 +240,10 @@ def test_validation_errors():
 
 def _run_python(code: str, **env) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120)
+    # Run outside the checkout: from its root, `import pyinpaint` would find the source tree (no compiled
+    # extension) before the installed package.
+    return subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True, timeout=120,
+                          cwd=tempfile.gettempdir())
 
 
 def test_disable_env_in_subprocess():

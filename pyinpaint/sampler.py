@@ -1,0 +1,91 @@
+"""Sampling structure maps from the PixelCNN.
+
+One sampling rule (:func:`draw`) serves every sampler: temperature and top-k shape the logits, and the
+randomness is Gumbel noise fixed in advance per (sample, position) by the seed (:func:`gumbel_noise`), so
+``argmax(logits / T + G)`` needs no host synchronisation and any two samplers given the same seed draw the
+same codes. ``sample_naive`` is the paper's sampler: the whole network at every position (the reference).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pyinpaint.models.structure import PixelCNN
+
+
+def gumbel_noise(seed: int, n: int, positions: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Gumbel(0, 1) noise [n, positions, k] drawn on the CPU from ``seed`` (so every device gets the same numbers)."""
+    g = torch.Generator().manual_seed(int(seed))
+    u = torch.rand(n, positions, k, generator=g, dtype=torch.float64)
+    u = u.clamp_(min=torch.finfo(torch.float64).tiny, max=1 - 1e-16)
+    return (-torch.log(-torch.log(u))).to(torch.float32).to(device)
+
+
+def shape_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    """logits [..., K] -> logits / T with everything outside the top k set to -inf."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive (got {temperature})")
+    out = logits.float() / temperature if temperature != 1.0 else logits.float()
+    if top_k is not None:
+        if not 1 <= top_k <= logits.shape[-1]:
+            raise ValueError(f"top_k must be in [1, {logits.shape[-1]}] (got {top_k})")
+        if top_k < logits.shape[-1]:
+            kth = out.topk(top_k, dim=-1).values[..., -1:]
+            out = out.masked_fill(out < kth, float("-inf"))
+    return out
+
+
+def draw(logits: torch.Tensor, noise: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
+    """The one sampling rule: argmax(shaped logits + Gumbel noise) = a draw from softmax(shaped logits)."""
+    return torch.argmax(shape_logits(logits, temperature, top_k) + noise, dim=-1)
+
+
+def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of softmax(logits) over the last axis (max log2 K)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1) / math.log(2.0)
+
+
+@dataclass
+class Sampled:
+    codes: torch.Tensor  # [N, s, s] int64
+    embeddings: torch.Tensor  # [N, D, s, s]
+    entropy: torch.Tensor | None  # [N, s, s] bits, of the model's distribution (T = 1) at each drawn position
+
+
+@torch.no_grad()
+def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: int = 0,
+                 temperature: float = 1.0, top_k: int | None = None, entropy: bool = False,
+                 progress: Callable[[int], None] | None = None) -> Sampled:
+    """The paper's sampler: for each position in raster order, run the whole PixelCNN on what has been sampled
+    so far (zeros elsewhere) and draw that position's code. All positions are sampled, the known region too.
+
+    h: [N, C_h, s, s] (one row per sample: repeat an image's h for several samples); codebook [K, D].
+    ``progress(position)`` is called after each position.
+    """
+    n, _, s, _ = h.shape
+    k, d = codebook.shape
+    was_training = pixelcnn.training
+    pixelcnn.eval()
+    noise = gumbel_noise(seed, n, s * s, k, h.device)
+    e = torch.zeros(n, d, s, s, device=h.device, dtype=codebook.dtype)
+    codes = torch.zeros(n, s, s, dtype=torch.int64, device=h.device)
+    ent = torch.zeros(n, s, s, device=h.device) if entropy else None
+    h_proj = pixelcnn.condition_projections(h)
+    try:
+        for p in range(s * s):
+            y, x = divmod(p, s)
+            logits = pixelcnn(e, h_proj=h_proj)[:, :, y, x]
+            idx = draw(logits, noise[:, p], temperature, top_k)
+            codes[:, y, x] = idx
+            e[:, :, y, x] = codebook[idx]
+            if ent is not None:
+                ent[:, y, x] = entropy_bits(logits)
+            if progress is not None:
+                progress(p)
+    finally:
+        pixelcnn.train(was_training)
+    return Sampled(codes, e, ent)
