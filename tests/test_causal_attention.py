@@ -374,17 +374,18 @@ def test_sdpa_path_matches_reference(L):
     ref = ca.causal_attention_reference(q, k, v)
     out = ca.causal_attention_sdpa(q, k, v)
     assert torch.equal(out[..., 0, :], torch.zeros_like(out[..., 0, :]))
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    # In float64 the official +1e-10 in the denominator (a sum >= 1) is visible: a relative 1e-10 at most.
+    torch.testing.assert_close(out, ref, rtol=2e-10, atol=1e-13)
     if L > 1:  # at L = 1 the output is a constant zero (no graph to differentiate)
         go = torch.randn_like(ref)
         g_ref = torch.autograd.grad(ref, (q, k, v), go)
         g_out = torch.autograd.grad(out, (q, k, v), go)
         for a, b in zip(g_out, g_ref):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max()))  # cancellations
     big = [t.detach() * 40 for t in (q, k)]  # logits ~1e3 apart: still finite and equal
     out = ca.causal_attention_sdpa(big[0], big[1], v.detach())
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, ca.causal_attention_reference(big[0], big[1], v.detach()), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out, ca.causal_attention_reference(big[0], big[1], v.detach()), rtol=2e-10, atol=1e-13)
 
 
 def test_triton_backend_explicit():
@@ -415,7 +416,7 @@ def test_float64_not_on_the_kernel():
     else:
         assert ca.reason(q, k, v).startswith("torch:")  # auto falls back on CUDA
     torch.testing.assert_close(ca.causal_attention(q, k, v), ca.causal_attention_reference(q, k, v),
-                               rtol=1e-12, atol=1e-12)
+                               rtol=2e-10, atol=1e-13)  # float64: the +1e-10 is a relative 1e-10 at most
 
 
 def test_input_validation():
