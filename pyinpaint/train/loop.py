@@ -123,10 +123,17 @@ def resumable_batches(dataset: Dataset, batch_size: int, seed: int, start_step: 
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(epoch)  # before the loader copies the dataset into its workers
         loader = DataLoader(dataset, batch_sampler=order[offset:].tolist(), num_workers=workers,
-                            pin_memory=pin_memory)
+                            pin_memory=pin_memory, generator=_private_generator())
         for batch in loader:
             yield batch
             step += 1
+
+
+def _private_generator() -> torch.Generator:
+    # A DataLoader draws its workers' base seed from its generator, by default the global RNG; a resumed run
+    # creates loaders at other moments than an uninterrupted one, so they must not touch the global RNG
+    # (dropout draws from it).
+    return torch.Generator().manual_seed(0)
 
 
 def _optim_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -261,13 +268,14 @@ def train(task: Task, train_set: Dataset, val_set: Dataset | None, args: TrainAr
 
     val_batch = None
     if val_set is not None:
-        val_batch = next(iter(DataLoader(val_set, batch_size=min(4, len(val_set)))))
+        val_batch = next(iter(DataLoader(val_set, batch_size=min(4, len(val_set)), generator=_private_generator())))
 
     def validate() -> dict[str, float]:
         if val_set is None:
             return {}
         n_batches = args.val_batches or math.ceil(len(val_set) / args.batch_size)
-        loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers)
+        loader = DataLoader(val_set, batch_size=args.batch_size, num_workers=args.workers,
+                            generator=_private_generator())
         batches = (to_device(b, device) for _, b in zip(range(n_batches), loader))
         with torch.no_grad():
             metrics = task.validate(ema.model, batches)

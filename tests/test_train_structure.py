@@ -1,0 +1,88 @@
+"""Stage 2 training end to end on tiny presets: CLI train / eval / entropy, exact resume with dropout."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from pyinpaint import io
+from pyinpaint.cli import main
+from pyinpaint.runs import load_structure
+from pyinpaint.train.structure import official_lr
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    photos = [skdata.astronaut(), skdata.chelsea(), skdata.coffee()]
+    for i in range(8):
+        img = photos[i % 3]
+        crop = Image.fromarray(img[10 * i:10 * i + 250, 12 * i:12 * i + 250]).resize((72, 72), Image.BILINEAR)
+        crop.save(root / f"img{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def vq_run(image_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vq"
+    assert main(["train", "vqvae", "--data", str(image_dir), "--out", str(out), "--config", "tiny", "--steps", "2",
+                 "--batch-size", "2", "--device", "cpu", "--quiet"]) == 0
+    return out
+
+
+def _train(image_dir, vq_run, out, steps, *extra):
+    return main(["train", "structure", "--vqvae", str(vq_run), "--data", str(image_dir), "--out", str(out),
+                 "--config", "tiny", "--steps", str(steps), "--batch-size", "2", "--warmup", "10",
+                 "--device", "cpu", "--quiet", "--log-every", "1", *extra])
+
+
+def test_official_lr_schedule():
+    # warm-up linear in t, then (t+1)^-0.35; the two meet at t+1 = warmup^(1.5/1.35)
+    assert official_lr(0) == pytest.approx(0.18 / 128 ** 0.5 * 16000 ** -1.5)
+    assert official_lr(99) == pytest.approx(100 * official_lr(0))
+    assert official_lr(999_999) == pytest.approx(0.18 / 128 ** 0.5 * 1_000_000 ** -0.35)
+
+
+def test_cli_train_eval_entropy(image_dir, vq_run, tmp_path, capsys):
+    out = tmp_path / "st"
+    assert _train(image_dir, vq_run, out, 3, "--val-data", str(image_dir), "--val-every", "3", "--val-batches", "1") == 0
+    assert (out / "vqvae" / "ema.safetensors").exists()  # the run carries its VQ-VAE
+    cfg = io.load_json(out / "config.json")
+    assert cfg["stage"] == "structure" and cfg["model"]["structure"]["image_size"] == 64
+    log = [json.loads(ln) for ln in (out / "log.jsonl").read_text().splitlines()]
+    train_bpd = [r["bpd"] for r in log if r["split"] == "train"]
+    assert len(train_bpd) == 3 and all(np.isfinite(b) and b > 0 for b in train_bpd)
+    assert [r["step"] for r in log if r["split"] == "val"] == [3]
+    grid = np.asarray(Image.open(out / "samples" / "step_00000003.png"))
+    assert grid.shape == (4 * 64 + 6, 4 * 64 + 6, 3)
+
+    model, vq = load_structure(out)
+    assert model.cfg.num_embeddings == vq.cfg.num_embeddings == 32
+
+    capsys.readouterr()
+    assert main(["eval", "structure", str(out), "--data", str(image_dir), "--device", "cpu", "--json", "--quiet"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["images"] == 8 and np.isfinite(m["bpd"]) and m["bpd"] > 0
+
+    png = tmp_path / "entropy.png"
+    assert main(["entropy", str(out), str(image_dir / "img0.png"), "center", "-o", str(png), "--device", "cpu"]) == 0
+    pic = np.asarray(Image.open(png))
+    assert pic.shape == (64, 3 * 64 + 4, 3)
+    assert "mean entropy" in capsys.readouterr().out
+
+
+def test_resume_is_exact_with_dropout(image_dir, vq_run, tmp_path):
+    assert _train(image_dir, vq_run, tmp_path / "a", 5) == 0
+    assert _train(image_dir, vq_run, tmp_path / "b", 2) == 0
+    assert _train(image_dir, vq_run, tmp_path / "b", 5, "--resume") == 0
+    a = io.load_tensors(tmp_path / "a" / "ema.safetensors")
+    b = io.load_tensors(tmp_path / "b" / "ema.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mismatched_vqvae_is_refused(image_dir, vq_run, tmp_path, capsys):
+    assert main(["train", "structure", "--vqvae", str(tmp_path / "missing"), "--data", str(image_dir),
+                 "--out", str(tmp_path / "x"), "--config", "tiny", "--device", "cpu"]) == 2
+    assert "not a training run" in capsys.readouterr().err
