@@ -145,9 +145,10 @@ STRUCTURE_PRESETS: dict[str, StructureConfig] = {
     "paper": StructureConfig(),
     "dev": StructureConfig(image_size=128, embedding_dim=12, num_embeddings=64, cond_channels=6, cond_res_channels=3,
                            channels=32, res_channels=24, resnets=8, out_resnets=2, attention=4, heads=4),
-    # CPU-trainable on the "small" VQ-VAE (128 px, 16x16 code map); keeps every kind of layer.
-    "small": StructureConfig(image_size=128, embedding_dim=64, num_embeddings=512, cond_channels=16,
-                             cond_res_channels=16, channels=64, res_channels=64, resnets=8, out_resnets=4,
+    # CPU-trainable on the "small" VQ-VAE (128 px, 16x16 code map); keeps every kind of layer. The condition
+    # net runs at full resolution, so its width is what costs on the CPU: 8 (h has 64 channels).
+    "small": StructureConfig(image_size=128, embedding_dim=64, num_embeddings=512, cond_channels=8,
+                             cond_res_channels=8, channels=64, res_channels=64, resnets=8, out_resnets=4,
                              attention=2, heads=4),
     "tiny": StructureConfig(image_size=64, embedding_dim=8, num_embeddings=32, cond_channels=4, cond_res_channels=4,
                             channels=16, res_channels=8, resnets=2, out_resnets=1, attention=1, heads=2),
