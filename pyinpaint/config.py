@@ -165,3 +165,51 @@ def vqvae_preset(name: str, **overrides) -> VQVAEConfig:
     if name not in VQVAE_PRESETS:
         raise ValueError(f"unknown VQ-VAE preset {name!r}; choose one of {sorted(VQVAE_PRESETS)}")
     return dataclasses.replace(VQVAE_PRESETS[name], **overrides)
+
+
+@dataclass(frozen=True)
+class TextureConfig:
+    """Texture generator G_t and SN-PatchGAN discriminator (stage 3)."""
+
+    image_size: int = 256  # the structure map is image_size / 8 square
+    embedding_dim: int = 64  # of the VQ-VAE's top codebook (the structure map's channels)
+    channels: int = 64  # nr_channel_gen_t (cnum of the generator)
+    dis_channels: int = 64  # nr_channel_dis_t
+
+    official_flags = {
+        "image_size": "image_size",
+        "embedding_dim": "embedding_dim",
+        "channels": "nr_channel_gen_t",
+        "dis_channels": "nr_channel_dis_t",
+    }
+
+    def __post_init__(self):
+        if self.image_size % 8 or self.image_size < 8:
+            raise ValueError(f"image_size must be a positive multiple of 8 (got {self.image_size})")
+        if self.channels < 2 or self.channels % 2:
+            raise ValueError(f"channels must be even and >= 2 (the first gated conv outputs channels/2), "
+                             f"got {self.channels}")
+        for f in ("embedding_dim", "dis_channels"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be positive (got {getattr(self, f)})")
+
+    @property
+    def map_size(self) -> int:
+        return self.image_size // 8
+
+
+TEXTURE_PRESETS: dict[str, TextureConfig] = {
+    "paper": TextureConfig(),
+    # the official parity fixtures (../shared/parity/dev)
+    "dev": TextureConfig(image_size=128, embedding_dim=12, channels=16, dis_channels=12),
+    # CPU-trainable on the "small" VQ-VAE (128 px, 64-dim codes)
+    "small": TextureConfig(image_size=128, embedding_dim=64, channels=32, dis_channels=32),
+    # for tests and smoke runs, on the "tiny" VQ-VAE
+    "tiny": TextureConfig(image_size=64, embedding_dim=8, channels=8, dis_channels=8),
+}
+
+
+def texture_preset(name: str, **overrides) -> TextureConfig:
+    if name not in TEXTURE_PRESETS:
+        raise ValueError(f"unknown texture preset {name!r}; choose one of {sorted(TEXTURE_PRESETS)}")
+    return dataclasses.replace(TEXTURE_PRESETS[name], **overrides)

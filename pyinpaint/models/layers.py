@@ -233,3 +233,108 @@ class GatedResBlock(nn.Module):
         if self.dropout > 0 and self.training:
             c3 = F.dropout(c3, self.dropout, training=True)
         return x + c3
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stage 3 layers (texture generator and discriminator)
+
+
+class GatedConv2d(nn.Module):
+    """``nn.gated_conv2d`` (DeepFill v2): a plain TF-'SAME' conv to ``filters`` channels, split in two halves,
+    ``elu(first) * sigmoid(second)``: the output has ``filters // 2`` channels.
+
+    The convolution is a :class:`Conv2d` (official init: truncated normal std 1/sqrt(kh*kw*in), bias 0).
+    """
+
+    def __init__(self, in_ch: int, filters: int, kernel: int = 3, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        if filters % 2:
+            raise ValueError(f"a gated conv needs an even number of filters (got {filters})")
+        self.conv = Conv2d(in_ch, filters, kernel, stride=stride, dilation=dilation)
+
+    @property
+    def out_channels(self) -> int:
+        return self.conv.out_channels // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat, gate = self.conv(x).chunk(2, dim=1)
+        return F.elu(feat) * torch.sigmoid(gate)
+
+
+def upsample_nearest2x(x: torch.Tensor) -> torch.Tensor:
+    """``tf.image.resize_nearest_neighbor(x, 2x, align_corners=True)``: output index i reads input floor(i/2)."""
+    return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+class GatedDeconv2d(nn.Module):
+    """``nn.gated_deconv2d``: nearest x2 upsampling then a 3x3 stride-1 gated conv (``filters`` -> filters // 2).
+
+    Not a transposed convolution: the official ``gated_deconv2d/W`` is an ordinary [3, 3, in, out] conv weight.
+    """
+
+    def __init__(self, in_ch: int, filters: int, kernel: int = 3):
+        super().__init__()
+        self.gated = GatedConv2d(in_ch, filters, kernel)
+
+    @property
+    def out_channels(self) -> int:
+        return self.gated.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gated(upsample_nearest2x(x))
+
+
+def _l2n(x: torch.Tensor) -> torch.Tensor:
+    # nn.l2_norm: x / (||x||_2 + 1e-12), the norm over the whole tensor
+    return x / (torch.sqrt((x * x).sum()) + 1e-12)
+
+
+class SNConv2d(nn.Module):
+    """``nn.snconv2d``: spectral-normalised convolution (TF 'SAME' padding) with a persistent power-iteration
+    vector ``u`` ([1, out], as the TF variable).
+
+    Every call runs ONE power iteration from the stored ``u`` with w = W reshaped [kh*kw*in, out] in TF's
+    HWIO order: v = l2n(u w^T), u_hat = l2n(v w), sigma = v w u_hat^T, and convolves with W / sigma.
+    As in the official code the gradient flows through v and u_hat (no stop_gradient, unlike
+    ``torch.nn.utils.spectral_norm``), while ``u`` itself is state, not a parameter.
+
+    ``update_u`` (default ``self.training``) stores u_hat into ``u`` after the call. The official graph
+    overwrites ``u`` on EVERY evaluation of the discriminator (there is no inference mode for it; in
+    ``train_texture_generator.py`` both the generator step and the discriminator step evaluate it, so ``u``
+    advances twice per iteration). Our default leaves ``u`` untouched in eval mode so that evaluating a
+    trained discriminator does not change it; pass ``update_u=True`` to get the official behaviour
+    regardless of the mode. The output is the same either way (it uses u_hat of this call).
+    Official init: W truncated normal std 0.05, u truncated normal std 1, b = 0.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2):
+        super().__init__()
+        self.in_ch, self.out_ch, self.kernel, self.stride = in_ch, out_ch, kernel, stride
+        self.weight = nn.Parameter(_tf_trunc_normal_(torch.empty(out_ch, in_ch, kernel, kernel), 0.05))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.register_buffer("u", _tf_trunc_normal_(torch.empty(1, out_ch), 1.0))
+
+    def power_iteration(self, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma [1, 1], u_hat [1, out]) of one power iteration from ``u`` (default: the stored one)."""
+        u = self.u if u is None else u
+        w = self.weight.permute(2, 3, 1, 0).reshape(-1, self.out_ch)  # [kh*kw*in, out], TF's HWIO row order
+        v = _l2n(u @ w.t())
+        vw = v @ w
+        u_hat = _l2n(vw)
+        return vw @ u_hat.t(), u_hat
+
+    def normalized_weight(self, update_u: bool | None = None) -> torch.Tensor:
+        """W / sigma after one power iteration; stores u_hat in ``u`` if ``update_u`` (default: training)."""
+        # a copy: the in-place update below must not touch a tensor autograd saved for the backward pass
+        sigma, u_hat = self.power_iteration(self.u.clone())
+        if self.training if update_u is None else update_u:
+            with torch.no_grad():
+                self.u.copy_(u_hat)
+        return self.weight / sigma
+
+    def forward(self, x: torch.Tensor, update_u: bool | None = None) -> torch.Tensor:
+        w = self.normalized_weight(update_u)
+        k, s = self.kernel, self.stride
+        top, bottom = same_padding(x.shape[-2], k, s)
+        left, right = same_padding(x.shape[-1], k, s)
+        return F.conv2d(F.pad(x, (left, right, top, bottom)), w, self.bias, s)

@@ -23,6 +23,7 @@ from torch import nn
 from pyinpaint.config import VQVAEConfig
 from pyinpaint.models import layers
 from pyinpaint.models.structure import StructureGenerator
+from pyinpaint.models.texture import Discriminator, TextureGenerator
 from pyinpaint.models.vqvae import VQVAE, VectorQuantizer
 
 _CONV = (3, 2, 0, 1)
@@ -72,6 +73,13 @@ def _leaves(m: nn.Module) -> list[tuple[str, dict[str, Entry]]] | None:
     if isinstance(m, VectorQuantizer):
         return [("vector_quantize", {"embedding": Entry(m.embedding, _T),
                                      "ema_cluster_size": Entry(m.ema_cluster_size, None), "ema_dw": Entry(m.ema_dw, _T)})]
+    # stage 3: gated_deconv2d/W is an ordinary [3, 3, in, out] conv weight (upsampling + conv), not a deconv
+    if isinstance(m, layers.GatedDeconv2d):
+        return [("gated_deconv2d", {"W": Entry(m.gated.conv.weight, _CONV), "b": Entry(m.gated.conv.bias, None)})]
+    if isinstance(m, layers.GatedConv2d):
+        return [("gated_conv2d", {"W": Entry(m.conv.weight, _CONV), "b": Entry(m.conv.bias, None)})]
+    if isinstance(m, layers.SNConv2d):  # u: [1, out] in both (non-trainable state)
+        return [("snconv2d", {"W": Entry(m.weight, _CONV), "u": Entry(m.u, None), "b": Entry(m.bias, None)})]
     return None
 
 
@@ -100,6 +108,14 @@ def vqvae_names(model: VQVAE) -> dict[str, Entry]:
 def structure_names(model: StructureGenerator) -> dict[str, Entry]:
     return {**template_names("structure_condition", model.condition),
             **template_names("structure_pixelcnn", model.pixelcnn)}
+
+
+def texture_names(model: TextureGenerator) -> dict[str, Entry]:
+    return template_names("texture_generator", model)
+
+
+def discriminator_names(model: Discriminator) -> dict[str, Entry]:
+    return template_names("texture_discriminator", model)
 
 
 def load_official(names: dict[str, Entry], arrays: Mapping[str, np.ndarray], *, strict: bool = True) -> list[str]:
