@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from pyinpaint.config import STRUCTURE_PRESETS, VQVAE_PRESETS
+from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 
 
-def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int) -> None:
+def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
     p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
@@ -18,7 +18,8 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int)
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (official {lr:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and crops")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--ema-decay", type=float, default=0.9997, help="Polyak weight EMA decay (official 0.9997)")
+    p.add_argument("--ema-decay", type=float, default=ema_decay,
+                   help=f"Polyak weight EMA decay, 0 = none (official {ema_decay:g} for this stage)")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines (default 50)")
     p.add_argument("--val-every", type=int, default=500, help="steps between validations and grids (default 500)")
     p.add_argument("--val-batches", type=int, default=8, help="validation batches per validation, 0 = all (default 8)")
@@ -62,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the schedule's warm-up constant (official 16000; smaller for short runs)")
     ts.add_argument("--dropout", type=float, help="override the preset's dropout (official 0.1)")
     _add_train_common(ts, lr=0.18, batch_size=8)
+
+    tt = tsub.add_parser("texture", help="stage 3: the texture generator and its discriminator",
+                         description="Train the texture generator (GAN) on the ground-truth structures of a trained "
+                                     "VQ-VAE (official train_texture_generator.py: L1 + hinge GAN + 0.1 x VQ feature "
+                                     "losses, 1:1 G/D steps, Adam 1e-4 betas (0.5, 0.999)).")
+    tt.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen)")
+    tt.add_argument("--config", default="paper", choices=sorted(TEXTURE_PRESETS),
+                    help="architecture preset (default paper); image size and code width come from the VQ-VAE")
+    tt.add_argument("--masks", default="random", help="training masks (as for 'train structure')")
+    tt.add_argument("--val-masks", default="protocol", help="validation masks (default protocol)")
+    tt.add_argument("--feature-weight", type=float, default=0.1, help="weight of each VQ feature loss (official 0.1)")
+    _add_train_common(tt, lr=1e-4, batch_size=8, ema_decay=0.0)
 
     ev = sub.add_parser("eval", help="evaluate a trained stage", description="Evaluate a trained stage.")
     esub = ev.add_subparsers(dest="stage", required=True, metavar="STAGE")
@@ -111,14 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_vqvae(a: argparse.Namespace) -> int:
     from pyinpaint.config import vqvae_preset
     from pyinpaint.data import ImageFolder
-    from pyinpaint.train.loop import TrainArgs, resolve_device, train
+    from pyinpaint.train.loop import resolve_device, train
     from pyinpaint.train.vqvae import VQVAETask
 
     overrides = {"image_size": a.image_size} if a.image_size else {}
     cfg = vqvae_preset(a.config, **overrides)
-    args = TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
-                     ema_decay=a.ema_decay, log_every=a.log_every, val_every=a.val_every,
-                     val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
+    args = _train_args(a)
     device = resolve_device(a.device)
     train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
     val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
@@ -134,44 +145,70 @@ def _train_vqvae(a: argparse.Namespace) -> int:
     return 0
 
 
-def _train_structure(a: argparse.Namespace) -> int:
-    import torch
+def _train_args(a: argparse.Namespace):
+    from pyinpaint.train.loop import TrainArgs
 
-    from pyinpaint.config import structure_preset
-    from pyinpaint.data import ImageFolder, make_mask_source
-    from pyinpaint.runs import copy_vqvae_into, load_vqvae
-    from pyinpaint.train.loop import TrainArgs, resolve_device, train
-    from pyinpaint.train.structure import StructureTask
-
-    device = resolve_device(a.device)
-    vqvae_dir = Path(a.out) / "vqvae" if a.resume else Path(a.vqvae)
-    vq = load_vqvae(vqvae_dir, device)
-    overrides = dict(image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim,
-                     num_embeddings=vq.cfg.num_embeddings)
-    if a.dropout is not None:
-        overrides["dropout"] = a.dropout
-    cfg = structure_preset(a.config, **overrides)
-    args = TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+    return TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
                      ema_decay=a.ema_decay, log_every=a.log_every, val_every=a.val_every,
                      val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
-    train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
-    masks = make_mask_source(a.masks, cfg.image_size, seed=a.seed)
-    val_masks = make_mask_source(a.val_masks, cfg.image_size, seed=12345)
-    torch.manual_seed(a.seed)
-    task = StructureTask(cfg, vq, masks, val_masks, lr=a.lr, warmup=a.warmup, device=device,
-                         vqvae_run=str(Path(a.vqvae).resolve()))
+
+
+def _train_on_vqvae(a: argparse.Namespace, make_task) -> int:
+    """Stages 2 and 3: train ``make_task(vqvae, masks, val_masks, device)`` on the codes of a VQ-VAE run,
+    keeping a copy of that VQ-VAE in the new run."""
+    import torch
+
+    from pyinpaint.data import ImageFolder, make_mask_source
+    from pyinpaint.runs import copy_vqvae_into, load_vqvae
+    from pyinpaint.train.loop import resolve_device, train
+
+    device = resolve_device(a.device)
+    vq = load_vqvae(Path(a.out) / "vqvae" if a.resume else Path(a.vqvae), device)
+    size = vq.cfg.image_size
+    train_set = ImageFolder(a.data, size=size, recipe=a.recipe, seed=a.seed)
+    val_set = ImageFolder(a.val_data, size=size, recipe="resize") if a.val_data else None
+    masks = make_mask_source(a.masks, size, seed=a.seed)
+    val_masks = make_mask_source(a.val_masks, size, seed=12345)
+    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
+    task = make_task(vq, masks, val_masks, device)
     if not a.resume:
         if Path(a.out, "config.json").exists():
             raise FileExistsError(f"{a.out} already holds a run: pass --resume to continue it, or choose another --out")
         copy_vqvae_into(a.out, a.vqvae)
-    print(f"training structure generator ({a.config}, {cfg.map_size}x{cfg.map_size} codes, "
+    print(f"training {task.stage} ({a.config}, {size}px, "
           f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
           f"masks {a.masks}, device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, args, resume=a.resume, device=device, progress=not a.quiet)
+    last = train(task, train_set, val_set, _train_args(a), resume=a.resume, device=device, progress=not a.quiet)
     if last:
         print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
     return 0
+
+
+def _train_structure(a: argparse.Namespace) -> int:
+    from pyinpaint.config import structure_preset
+    from pyinpaint.train.structure import StructureTask
+
+    def make_task(vq, masks, val_masks, device):
+        overrides = dict(image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim,
+                         num_embeddings=vq.cfg.num_embeddings)
+        if a.dropout is not None:
+            overrides["dropout"] = a.dropout
+        return StructureTask(structure_preset(a.config, **overrides), vq, masks, val_masks, lr=a.lr,
+                             warmup=a.warmup, device=device, vqvae_run=str(Path(a.vqvae).resolve()))
+
+    return _train_on_vqvae(a, make_task)
+
+
+def _train_texture(a: argparse.Namespace) -> int:
+    from pyinpaint.config import texture_preset
+    from pyinpaint.train.texture import TextureTask
+
+    def make_task(vq, masks, val_masks, device):
+        cfg = texture_preset(a.config, image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim)
+        return TextureTask(cfg, vq, masks, val_masks, lr=a.lr, feature_weight=a.feature_weight, device=device,
+                           vqvae_run=str(Path(a.vqvae).resolve()))
+
+    return _train_on_vqvae(a, make_task)
 
 
 def _eval_structure(a: argparse.Namespace) -> int:
@@ -220,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae,
                 ("train", "structure"): _train_structure, ("eval", "structure"): _eval_structure,
+                ("train", "texture"): _train_texture,
                 ("entropy", None): _entropy}
     try:
         return handlers[(a.command, getattr(a, "stage", None))](a)

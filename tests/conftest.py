@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from skimage import data as skdata
 
 # The official parity fixtures live in ../shared/parity beside the project (developers' machines and CI);
 # a user's fresh checkout has none, and the parity tests then skip. PYINPAINT_PARITY_DIR overrides.
@@ -46,3 +48,27 @@ def nhwc(t: torch.Tensor) -> np.ndarray:
 def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     """max |ours - ref| / max |ref|: the fixtures' error measure."""
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+# Shared by the stage 2 and 3 training tests: 8 real photo crops, and a tiny VQ-VAE trained 2 steps on them.
+@pytest.fixture(scope="session")
+def stage_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    photos = [skdata.astronaut(), skdata.chelsea(), skdata.coffee()]
+    for i in range(8):
+        img = photos[i % 3]
+        crop = Image.fromarray(img[10 * i:10 * i + 250, 12 * i:12 * i + 250]).resize((72, 72), Image.BILINEAR)
+        crop.save(root / f"img{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_vq_run(stage_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vq"
+    from pyinpaint.cli import main
+
+    assert main(["train", "vqvae", "--data", str(stage_images), "--out", str(out), "--config", "tiny", "--steps", "2",
+                 "--batch-size", "2", "--device", "cpu", "--quiet"]) == 0
+    return out
+
+

@@ -5,31 +5,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skdata
 
 from pyinpaint import io
 from pyinpaint.cli import main
 from pyinpaint.runs import load_structure
 from pyinpaint.train.structure import official_lr
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    photos = [skdata.astronaut(), skdata.chelsea(), skdata.coffee()]
-    for i in range(8):
-        img = photos[i % 3]
-        crop = Image.fromarray(img[10 * i:10 * i + 250, 12 * i:12 * i + 250]).resize((72, 72), Image.BILINEAR)
-        crop.save(root / f"img{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def vq_run(image_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "vq"
-    assert main(["train", "vqvae", "--data", str(image_dir), "--out", str(out), "--config", "tiny", "--steps", "2",
-                 "--batch-size", "2", "--device", "cpu", "--quiet"]) == 0
-    return out
 
 
 def _train(image_dir, vq_run, out, steps, *extra):
@@ -45,9 +25,9 @@ def test_official_lr_schedule():
     assert official_lr(999_999) == pytest.approx(0.18 / 128 ** 0.5 * 1_000_000 ** -0.35)
 
 
-def test_cli_train_eval_entropy(image_dir, vq_run, tmp_path, capsys):
+def test_cli_train_eval_entropy(stage_images, tiny_vq_run, tmp_path, capsys):
     out = tmp_path / "st"
-    assert _train(image_dir, vq_run, out, 3, "--val-data", str(image_dir), "--val-every", "3", "--val-batches", "1") == 0
+    assert _train(stage_images, tiny_vq_run, out, 3, "--val-data", str(stage_images), "--val-every", "3", "--val-batches", "1") == 0
     assert (out / "vqvae" / "ema.safetensors").exists()  # the run carries its VQ-VAE
     cfg = io.load_json(out / "config.json")
     assert cfg["stage"] == "structure" and cfg["model"]["structure"]["image_size"] == 64
@@ -62,27 +42,27 @@ def test_cli_train_eval_entropy(image_dir, vq_run, tmp_path, capsys):
     assert model.cfg.num_embeddings == vq.cfg.num_embeddings == 32
 
     capsys.readouterr()
-    assert main(["eval", "structure", str(out), "--data", str(image_dir), "--device", "cpu", "--json", "--quiet"]) == 0
+    assert main(["eval", "structure", str(out), "--data", str(stage_images), "--device", "cpu", "--json", "--quiet"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert m["images"] == 8 and np.isfinite(m["bpd"]) and m["bpd"] > 0
 
     png = tmp_path / "entropy.png"
-    assert main(["entropy", str(out), str(image_dir / "img0.png"), "center", "-o", str(png), "--device", "cpu"]) == 0
+    assert main(["entropy", str(out), str(stage_images / "img0.png"), "center", "-o", str(png), "--device", "cpu"]) == 0
     pic = np.asarray(Image.open(png))
     assert pic.shape == (64, 3 * 64 + 4, 3)
     assert "mean entropy" in capsys.readouterr().out
 
 
-def test_resume_is_exact_with_dropout(image_dir, vq_run, tmp_path):
-    assert _train(image_dir, vq_run, tmp_path / "a", 5) == 0
-    assert _train(image_dir, vq_run, tmp_path / "b", 2) == 0
-    assert _train(image_dir, vq_run, tmp_path / "b", 5, "--resume") == 0
+def test_resume_is_exact_with_dropout(stage_images, tiny_vq_run, tmp_path):
+    assert _train(stage_images, tiny_vq_run, tmp_path / "a", 5) == 0
+    assert _train(stage_images, tiny_vq_run, tmp_path / "b", 2) == 0
+    assert _train(stage_images, tiny_vq_run, tmp_path / "b", 5, "--resume") == 0
     a = io.load_tensors(tmp_path / "a" / "ema.safetensors")
     b = io.load_tensors(tmp_path / "b" / "ema.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_mismatched_vqvae_is_refused(image_dir, vq_run, tmp_path, capsys):
-    assert main(["train", "structure", "--vqvae", str(tmp_path / "missing"), "--data", str(image_dir),
+def test_mismatched_vqvae_is_refused(stage_images, tiny_vq_run, tmp_path, capsys):
+    assert main(["train", "structure", "--vqvae", str(tmp_path / "missing"), "--data", str(stage_images),
                  "--out", str(tmp_path / "x"), "--config", "tiny", "--device", "cpu"]) == 2
     assert "not a training run" in capsys.readouterr().err

@@ -102,7 +102,10 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for e, p in zip(self.model.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - self.decay)
+            if self.decay == 0.0:  # no averaging (stage 3 is evaluated with its raw weights)
+                e.copy_(p)
+            else:
+                e.lerp_(p.detach(), 1.0 - self.decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 
