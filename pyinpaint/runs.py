@@ -59,3 +59,28 @@ def load_structure(run: str | Path, device: str | torch.device = "cpu"):
     model = StructureGenerator(cfg)
     io.load_state_into(model, io.load_tensors(run / "ema.safetensors"), f"{run}/ema.safetensors")
     return model.to(device).eval(), load_vqvae(run / "vqvae", device)
+
+
+def load_texture(run: str | Path, device: str | torch.device = "cpu"):
+    """(TextureGenerator, Discriminator, its VQ-VAE) of a texture run, from ``RUN/ema.safetensors`` (stage 3 keeps
+    no Polyak average by default: these are the trained weights, ``generator.*`` and ``discriminator.*``)."""
+    from pyinpaint.config import TextureConfig
+    from pyinpaint.models.texture import Discriminator, TextureGenerator
+
+    run = Path(run)
+    config = read_config(run, "texture")
+    cfg = from_dict(TextureConfig, config["model"]["texture"])
+    if not (run / "ema.safetensors").exists():
+        raise FileNotFoundError(f"{run} has no ema.safetensors yet (no checkpoint was written)")
+    state = io.load_tensors(run / "ema.safetensors")
+    parts: dict[str, dict[str, torch.Tensor]] = {"generator": {}, "discriminator": {}}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head not in parts:
+            raise ValueError(f"{run}/ema.safetensors: unexpected tensor {key!r} (expected generator.* and "
+                             "discriminator.*)")
+        parts[head][rest] = value
+    gen, dis = TextureGenerator(cfg), Discriminator(cfg)
+    io.load_state_into(gen, parts["generator"], f"{run}/ema.safetensors (generator)")
+    io.load_state_into(dis, parts["discriminator"], f"{run}/ema.safetensors (discriminator)")
+    return gen.to(device).eval(), dis.to(device).eval(), load_vqvae(run / "vqvae", device)
