@@ -24,3 +24,14 @@ def _kernels_from_checkout() -> None:
 
 
 _kernels_from_checkout()
+
+
+def __getattr__(name):  # the inference API, imported on first use (keeps `import pyinpaint` light)
+    if name in ("sample", "Inpainter"):
+        from pyinpaint import inpainter
+
+        return getattr(inpainter, name)
+    raise AttributeError(f"module 'pyinpaint' has no attribute {name!r}")
+
+
+__all__ = ["sample", "Inpainter", "__version__"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
@@ -105,6 +106,42 @@ def build_parser() -> argparse.ArgumentParser:
     evs.add_argument("--workers", type=int, default=0)
     evs.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evs.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    sa = sub.add_parser("sample", help="inpaint an image: n diverse completions of a hole",
+                        description="Fill the hole MASK (nonzero = fill) of IMAGE n times with a trained model; writes "
+                                    "the n results as PNGs at the input's size and a grid (input, masked input, results).")
+    sa.add_argument("image", help="image file (any size; greyscale/RGBA are converted to RGB)")
+    sa.add_argument("mask", help="mask file of the same size: nonzero / white = the hole to fill")
+    sa.add_argument("-n", type=int, default=10, help="number of completions (default 10), drawn as one batch")
+    sa.add_argument("-o", "--out", required=True, help="output folder (created)")
+    sa.add_argument("--model", required=True, help="model directory (from 'pyinpaint export' or 'convert-official')")
+    sa.add_argument("--seed", type=int, help="seed: the same seed gives the same images (default: a fresh one, printed)")
+    sa.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1 = official)")
+    sa.add_argument("--top-k", type=int, help="sample among the k likeliest codes only (default: all = official)")
+    sa.add_argument("--sampler", default="naive", help="structure sampler (default naive: the paper's)")
+    sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
+    sa.add_argument("--invert-mask", action="store_true", help="the mask marks the hole with 0 instead")
+    sa.add_argument("--device", default="auto")
+    sa.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ex = sub.add_parser("export", help="assemble a model directory from three training runs",
+                        description="Assemble a model (config.json + model.safetensors + model card) from the runs of "
+                                    "the three stages, with the weights the official pipeline uses (EMA for stages 1-2).")
+    ex.add_argument("--vqvae", help="VQ-VAE run (default: the copy kept inside the structure run)")
+    ex.add_argument("--structure", required=True, help="structure-generator run")
+    ex.add_argument("--texture", required=True, help="texture-generator run")
+    ex.add_argument("--out", required=True, help="model directory to write")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+
+    co = sub.add_parser("convert-official", help="convert the authors' TensorFlow checkpoint to a model directory",
+                        description="Read an official DSI TensorFlow checkpoint (the .index + .data pair; no TensorFlow "
+                                    "needed), infer the widths from the variable shapes, take the rest from the "
+                                    "official flags, and write a pyinpaint model directory.")
+    co.add_argument("ckpt", nargs="+", help="checkpoint prefix, .index file or folder (several stage checkpoints allowed)")
+    co.add_argument("--out", required=True, help="model directory to write")
+    co.add_argument("--config", help="JSON file of the official flags (argparse names of test.py), e.g. image_size")
+    co.add_argument("--image-size", type=int, help="the model's image size (official flag image_size, e.g. 256)")
+    co.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
 
     en = sub.add_parser("entropy", help="entropy map of the structure distribution for a masked image",
                         description="Sample one structure for IMAGE with hole MASK and save, side by side: the "
@@ -236,6 +273,79 @@ def _entropy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(a: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from pyinpaint import io
+    from pyinpaint.data import load_mask
+    from pyinpaint.inpainter import Inpainter
+    from pyinpaint.train.loop import resolve_device
+
+    inp = Inpainter.load(a.model, device=resolve_device(a.device))
+    mask = load_mask(a.mask, invert=True)[0].numpy() if a.invert_mask else a.mask
+    bar = tqdm(desc="sampling structures", unit="pos", disable=a.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    t0 = time.perf_counter()
+    res = inp.inpaint(a.image, mask, a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k,
+                      sampler=a.sampler, rank=a.rank, progress=progress)
+    seconds = time.perf_counter() - t0
+    bar.close()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(res.images):
+        io.atomic_write(out / f"result_{i:02d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"))
+    io.save_image(out / "grid.png", _sample_grid(res))
+    print(f"wrote {len(res.images)} results and grid.png to {out} in {seconds:.1f} s (seed {res.seed})")
+    return 0
+
+
+def _sample_grid(res):
+    """One row: input, masked input (hole grey), results; thumbnails at most 256 px high."""
+    import numpy as np
+    from PIL import Image
+
+    first = res.images[0]
+    w, h = first.size
+    scale = min(1.0, 256 / h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    masked = res.prepared.image.copy()
+    masked[res.prepared.hole] = 128
+    tiles = [Image.fromarray(res.prepared.image), Image.fromarray(masked), *res.images]
+    tiles = [t.convert("RGB").resize(size, Image.BILINEAR) for t in tiles]
+    canvas = Image.new("RGB", (len(tiles) * (size[0] + 2) - 2, size[1]), (255, 255, 255))
+    for i, t in enumerate(tiles):
+        canvas.paste(t, (i * (size[0] + 2), 0))
+    return canvas
+
+
+def _export(a: argparse.Namespace) -> int:
+    from pyinpaint.modelfile import export_runs
+
+    path = export_runs(a.vqvae, a.structure, a.texture, a.out, overwrite=a.overwrite)
+    print(f"wrote model {path}")
+    return 0
+
+
+def _convert_official(a: argparse.Namespace) -> int:
+    from pyinpaint import io
+    from pyinpaint.modelfile import convert_official
+
+    flags = dict(io.load_json(a.config)) if a.config else {}
+    if isinstance(flags.get("config"), dict):  # a fixture-style file: {"config": {...flags...}, ...}
+        flags = flags["config"]
+    if a.image_size:
+        flags["image_size"] = a.image_size
+    ckpt = a.ckpt[0] if len(a.ckpt) == 1 else a.ckpt
+    path = convert_official(ckpt, a.out, flags, overwrite=a.overwrite)
+    print(f"wrote model {path}")
+    return 0
+
+
 def _eval_vqvae(a: argparse.Namespace) -> int:
     from pyinpaint.evaluate import eval_vqvae
     from pyinpaint.train.loop import resolve_device
@@ -258,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae,
                 ("train", "structure"): _train_structure, ("eval", "structure"): _eval_structure,
                 ("train", "texture"): _train_texture,
-                ("entropy", None): _entropy}
+                ("entropy", None): _entropy, ("sample", None): _sample, ("export", None): _export,
+                ("convert-official", None): _convert_official}
     try:
         return handlers[(a.command, getattr(a, "stage", None))](a)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
