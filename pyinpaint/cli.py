@@ -21,6 +21,9 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--ema-decay", type=float, default=ema_decay,
                    help=f"Polyak weight EMA decay, 0 = none (official {ema_decay:g} for this stage)")
+    p.add_argument("--ema-warmup", action="store_true",
+                   help="EMA decay min(decay, (1+t)/(10+t)) (TF's num_updates; not official): for short runs, whose "
+                        "average would otherwise still remember the random initial weights")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines (default 50)")
     p.add_argument("--val-every", type=int, default=500, help="steps between validations and grids (default 500)")
     p.add_argument("--val-batches", type=int, default=8, help="validation batches per validation, 0 = all (default 8)")
@@ -118,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--seed", type=int, help="seed: the same seed gives the same images (default: a fresh one, printed)")
     sa.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1 = official)")
     sa.add_argument("--top-k", type=int, help="sample among the k likeliest codes only (default: all = official)")
-    sa.add_argument("--sampler", default="naive", help="structure sampler (default naive: the paper's)")
+    sa.add_argument("--sampler", default="cached",
+                    help="structure sampler: cached (default; incremental, fast) or naive (the paper's: the whole "
+                         "network per position); both draw the same codes for a seed")
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
     sa.add_argument("--invert-mask", action="store_true", help="the mask marks the hole with 0 instead")
     sa.add_argument("--device", default="auto")
@@ -186,7 +191,7 @@ def _train_args(a: argparse.Namespace):
     from pyinpaint.train.loop import TrainArgs
 
     return TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
-                     ema_decay=a.ema_decay, log_every=a.log_every, val_every=a.val_every,
+                     ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
                      val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
 
 

@@ -36,7 +36,7 @@ ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, torch.Tensor
 MaskLike = ImageLike
 Progress = Callable[[int, int], Any]
 
-SAMPLERS = ("naive",)  # "cached" joins when the cached sampler lands
+SAMPLERS = ("cached", "naive")  # structure samplers; both draw the same codes for a seed. The first is the default.
 
 
 class InpaintWarning(UserWarning):
@@ -290,7 +290,7 @@ class Inpainter:
         return Prepared(img, hole, x, m)
 
     def check_options(self, n: int, *, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                      sampler: str = "naive", rank: bool = False) -> int:
+                      sampler: str = "cached", rank: bool = False) -> int:
         """Validate the sampling options before any work; returns the seed to use (drawn when None)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer (got {n!r})")
@@ -318,7 +318,7 @@ class Inpainter:
 
     @torch.inference_mode()
     def sample_structures(self, prepared: Prepared, n: int, *, seed: int, temperature: float = 1.0,
-                          top_k: int | None = None, sampler: str = "naive", progress: Progress | None = None):
+                          top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None):
         """n structure maps for one image as one batch: the condition network once, then the sampler.
         Returns :class:`pyinpaint.sampler.Sampled` (codes [n, s, s], embeddings [n, D, s, s])."""
         from pyinpaint import sampler as sampling
@@ -328,9 +328,10 @@ class Inpainter:
         h = h.expand(n, -1, -1, -1)
         total = h.shape[-1] * h.shape[-2]
         report = None if progress is None else (lambda p: progress(p + 1, total))
-        if sampler == "naive":
-            return sampling.sample_naive(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature,
-                                         top_k=top_k, progress=report)
+        run = {"cached": sampling.sample_cached, "naive": sampling.sample_naive}.get(sampler)
+        if run is not None:
+            return run(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature, top_k=top_k,
+                       progress=report)
         raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
 
     @torch.inference_mode()
@@ -380,7 +381,7 @@ class Inpainter:
 
     # ------------------------------------------------------------------ the whole call
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
-                temperature: float = 1.0, top_k: int | None = None, sampler: str = "naive", rank: bool = False,
+                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                 progress: Progress | None = None) -> Result:
         """:meth:`sample` with everything kept: the seed used, sampled codes, model-size completions, scores."""
         seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank)
@@ -408,7 +409,7 @@ class Inpainter:
                       None if scores is None else scores.cpu(), prepared)
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
-               temperature: float = 1.0, top_k: int | None = None, sampler: str = "naive", rank: bool = False,
+               temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                progress: Progress | None = None) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
@@ -452,7 +453,7 @@ def clear_cache() -> None:
 
 def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None, temperature: float = 1.0,
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
-           device: str | torch.device | None = None, sampler: str = "naive", rank: bool = False,
+           device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
            progress: Progress | None = None) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (see :meth:`Inpainter.sample`), with the
     model directory ``model`` loaded once per (model, device) and cached."""

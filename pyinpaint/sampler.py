@@ -4,6 +4,8 @@ One sampling rule (:func:`draw`) serves every sampler: temperature and top-k sha
 randomness is Gumbel noise fixed in advance per (sample, position) by the seed (:func:`gumbel_noise`), so
 ``argmax(logits / T + G)`` needs no host synchronisation and any two samplers given the same seed draw the
 same codes. ``sample_naive`` is the paper's sampler: the whole network at every position (the reference).
+``sample_cached`` draws the same codes incrementally: the network's step mode (``PixelCNN.init_state`` /
+``step``) keeps what later positions need, so each position costs about 1/1000 of a full pass.
 """
 from __future__ import annotations
 
@@ -89,3 +91,43 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
     finally:
         pixelcnn.train(was_training)
     return Sampled(codes, e, ent)
+
+
+def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: int = 0,
+                  temperature: float = 1.0, top_k: int | None = None, entropy: bool = False,
+                  progress: Callable[[int], None] | None = None) -> Sampled:
+    """The incremental sampler: the same codes as :func:`sample_naive` for the same seed (same noise, same rule,
+    logits equal up to float32 rounding), at about 1/1000 of its arithmetic.
+
+    The u stream advances a row at a time; the ul stream, the attention K/V caches and the output layers a
+    position at a time; h is projected once (see ``PixelCNN.step``). Nothing is read back to the host in the
+    loop. h: [N, C_h, s, s] (one row per sample); codebook [K, D]. ``progress(position)`` is called after each
+    position.
+    """
+    n, _, height, width = h.shape
+    k = codebook.shape[0]
+    was_training = pixelcnn.training
+    pixelcnn.eval()
+    try:
+        with torch.inference_mode():
+            noise = gumbel_noise(seed, n, height * width, k, h.device)
+            codes = torch.zeros(n, height * width, dtype=torch.int64, device=h.device)
+            ent = torch.zeros(n, height * width, device=h.device) if entropy else None
+            state = pixelcnn.init_state(n, height, width, h=h)
+            e_prev = None
+            for p in range(height * width):
+                logits = pixelcnn.step(state, e_prev, p)
+                idx = draw(logits, noise[:, p], temperature, top_k)
+                codes[:, p] = idx
+                e_prev = codebook[idx]
+                if ent is not None:
+                    ent[:, p] = entropy_bits(logits)
+                if progress is not None:
+                    progress(p)
+    finally:
+        pixelcnn.train(was_training)
+    with torch.no_grad():  # ordinary tensors out (inference tensors cannot enter autograd later)
+        codes = codes.view(n, height, width).clone()
+        embeddings = codebook[codes].permute(0, 3, 1, 2).contiguous()
+        ent = None if ent is None else ent.view(n, height, width).clone()
+    return Sampled(codes, embeddings, ent)

@@ -153,8 +153,8 @@ def test_input_errors(inp, image, hole, img, mask, n, match):
 
 
 def test_option_errors(inp, no_dis, image, hole, tmp_path):
-    with pytest.raises(ValueError, match="unknown sampler 'cached': available naive"):
-        inp.sample(image, hole, n=1, sampler="cached")
+    with pytest.raises(ValueError, match="unknown sampler 'fancy': available cached, naive"):
+        inp.sample(image, hole, n=1, sampler="fancy")
     with pytest.raises(ValueError, match="top_k"):
         inp.sample(image, hole, n=1, top_k=33)
     with pytest.raises(ValueError, match="temperature"):

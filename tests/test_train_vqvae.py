@@ -150,3 +150,23 @@ def test_cli_reports_bad_data_folder(tmp_path, capsys):
     assert str(tmp_path / "empty") in capsys.readouterr().err
     assert main(["eval", "vqvae", str(tmp_path / "nope"), "--data", str(tmp_path), "--device", "cpu"]) == 2
     assert "not a training run" in capsys.readouterr().err
+
+
+def test_ema_decay_and_warmup():
+    from torch import nn
+
+    from pyinpaint.train.loop import EMA
+
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    plain, warm, none = EMA(model, 0.9), EMA(model, 0.9, warmup=True), EMA(model, 0.0)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for ema in (plain, warm, none):
+        ema.update(model, step=0)
+    assert plain.model.weight.item() == pytest.approx(0.1)  # shadow -= (1 - decay) * (shadow - w)
+    assert warm.model.weight.item() == pytest.approx(0.9)  # decay min(0.9, 1/10) = 0.1 at step 0
+    assert none.model.weight.item() == 1.0  # decay 0: a copy
+    warm.update(model, step=1000)  # (1 + t) / (10 + t) > 0.9: the configured decay again
+    assert warm.model.weight.item() == pytest.approx(0.9 + 0.1 * 0.1)

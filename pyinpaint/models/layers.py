@@ -7,6 +7,7 @@ numbers. The official TF names of the layers live in :mod:`pyinpaint.models.offi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,41 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x[:, :, :, :-1], (1, 0, 0, 0))
 
 
+# ----------------------------------------------------------------------------------------------------
+# Step mode (the cached sampler). Every causal layer has forward(x) over the whole map and
+# init_state(...) / step(state, x_t, pos) for one position (or one row, for the u stream's "down" layers,
+# which only see rows above). Step tensors are channels-last: a position is [B, C], a row [B, W, C];
+# positions are raster indices p = y * W + x, rows their y. A state holds the weight-normalised weights,
+# computed once in the layout the step needs, and static buffers the step writes into. States track no
+# gradients; run steps under torch.inference_mode() (the sampler does). Steps must come in raster order.
+
+
+def concat_elu_last(x: torch.Tensor) -> torch.Tensor:
+    """concat_elu over the LAST axis (channels-last step tensors): elu(cat([x, -x], -1))."""
+    return F.elu(torch.cat([x, -x], dim=-1))
+
+
+@dataclass
+class CausalConvState:
+    """Step state of a causal :class:`WNConv2d` on a map ``width`` wide.
+
+    rows: [B, kh, left + width + right, C'] the last kh rows of the layer's input (concat_elu applied when
+    the layer fuses it: C' = 2C), zero in the padding columns; rows above row 0 are zeros, as the padding.
+    "down" (row mode): ``weight`` [O, kh*kw*C'] on windows ordered (row, column, channel).
+    "down_right" (pixel mode): the rows above are applied once per row (``w_above`` [O, (kh-1)*kw*C'], into
+    ``row_base`` [B, W, O] with the bias and the caller's row_extra), the current row at each pixel
+    (``weight`` [O, kw*C']).
+    """
+
+    concat_elu: bool
+    width: int
+    weight: torch.Tensor
+    w_above: torch.Tensor | None
+    bias: torch.Tensor
+    rows: torch.Tensor
+    row_base: torch.Tensor | None
+
+
 def _weight_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     # tf.nn.l2_normalize(V, [0, 1, 2]) * g: norm over everything but the output channel, eps 1e-12 on the square.
     sq = (v * v).sum(dim=tuple(range(1, v.dim())), keepdim=True)
@@ -144,6 +180,69 @@ class WNConv2d(nn.Module):
         return F.conv2d(F.pad(x, (left, right, top, bottom)), w, self.b, s, 0, d)
 
 
+    # ---------------------------------------------------------------------------------- step mode
+    def init_state(self, batch: int, width: int, *, concat_elu: bool = False) -> CausalConvState:
+        """Step state for a ``width``-wide map (the causal kinds only); ``concat_elu`` as in forward."""
+        if self.padding == "same":
+            raise ValueError("only causal ('down', 'down_right') convolutions have a step mode")
+        kh, kw = self.kernel
+        with torch.no_grad():
+            w = self.weight().detach().permute(0, 2, 3, 1)  # [O, kh, kw, C']: the windows' order
+        o, cin = w.shape[0], w.shape[-1]
+        if concat_elu and cin % 2:
+            raise ValueError(f"concat_elu doubles the channels: {cin} input channels cannot take it")
+        bias = self.b.detach().clone()
+        if self.padding == "down":
+            if kw % 2 == 0:
+                raise ValueError(f"a 'down' convolution needs an odd filter width (got {kw})")
+            pad = (kw - 1) // 2
+            rows = w.new_zeros(batch, kh, pad + width + pad, cin)
+            return CausalConvState(concat_elu, width, w.reshape(o, -1).contiguous(), None, bias, rows, None)
+        rows = w.new_zeros(batch, kh, kw - 1 + width, cin)
+        above = w[:, :-1].reshape(o, -1).contiguous() if kh > 1 else None
+        return CausalConvState(concat_elu, width, w[:, -1].reshape(o, -1).contiguous(), above, bias, rows,
+                               w.new_zeros(batch, width, o))
+
+    def step(self, state: CausalConvState, x_t: torch.Tensor, pos: int,
+             row_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """"down": x_t is input row ``pos`` [B, W, C] -> output row [B, W, O]. "down_right": x_t is the input at
+        raster position ``pos`` [B, C] -> output there [B, O]; ``row_extra`` [B, W, O] (read when a row
+        starts, x = 0) is added to every output of that row."""
+        if self.padding == "down":
+            return self._step_row(state, x_t)
+        return self._step_pixel(state, x_t, pos, row_extra)
+
+    def _step_row(self, st: CausalConvState, x_row: torch.Tensor) -> torch.Tensor:
+        kh, kw = self.kernel
+        rows, w = st.rows, st.width
+        for i in range(kh - 1):  # the window moves down one row
+            rows[:, i].copy_(rows[:, i + 1])
+        rows[:, -1, (kw - 1) // 2:(kw - 1) // 2 + w] = concat_elu_last(x_row) if st.concat_elu else x_row
+        b, _, wp, c = rows.shape
+        win = rows.as_strided((b, w, kh, kw, c), (kh * wp * c, c, wp * c, c, 1))  # win[b, x, i, j] = rows[b, i, x + j]
+        return torch.addmm(st.bias, win.reshape(b * w, -1), st.weight.t()).view(b, w, -1)
+
+    def _step_pixel(self, st: CausalConvState, x_t: torch.Tensor, pos: int, row_extra) -> torch.Tensor:
+        kh, kw = self.kernel
+        rows = st.rows
+        x = pos % st.width
+        if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
+            b, _, wp, c = rows.shape
+            for i in range(kh - 1):
+                rows[:, i].copy_(rows[:, i + 1])
+            if st.w_above is None:
+                st.row_base.copy_(st.bias.expand_as(st.row_base))
+            else:
+                win = rows.as_strided((b, st.width, kh - 1, kw, c), (kh * wp * c, c, wp * c, c, 1))
+                torch.addmm(st.bias, win.reshape(b * st.width, -1), st.w_above.t(),
+                            out=st.row_base.view(b * st.width, -1))
+            if row_extra is not None:
+                st.row_base += row_extra
+        rows[:, -1, x + kw - 1] = concat_elu_last(x_t) if st.concat_elu else x_t
+        win = rows[:, -1, x:x + kw]  # [B, kw, C'] (columns x - kw + 1 .. x): a view
+        return torch.addmm(st.row_base[:, x], win.reshape(win.shape[0], -1), st.weight.t())
+
+
 class WNDense(nn.Module):
     """Weight-normalised dense layer applied per position (``nn.nin`` / ``nn.wndense``) on NCHW maps:
     y = (x V) * g / ||V||_col + b, as a 1x1 convolution. ``v`` is [out, in] (the TF variable is [in, out])."""
@@ -161,6 +260,22 @@ class WNDense(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight()[:, :, None, None], self.b)
+
+    def step_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight [out, in], bias), detached, for ``F.linear`` on channels-last step tensors."""
+        with torch.no_grad():
+            return self.weight().detach(), self.b.detach().clone()
+
+
+@dataclass
+class AttentionState:
+    """Step state of :class:`CausalSelfAttention`: the weights and the K/V cache of every position so far."""
+
+    qkv: tuple[torch.Tensor, torch.Tensor]
+    out: tuple[torch.Tensor, torch.Tensor]
+    k: torch.Tensor  # [B, heads, L, dk]
+    v: torch.Tensor  # [B, heads, L, dv]
+    scale: float
 
 
 class CausalSelfAttention(nn.Module):
@@ -187,6 +302,39 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.split([self.dk, self.dk, self.dv], dim=-1)
         att = causal_attention(q, k, v, scale=1.0 / math.sqrt(self.dk))  # [n, heads, L, dv]
         return self.out(att.transpose(2, 3).reshape(n, self.heads * self.dv, h, w))
+
+    def init_state(self, batch: int, length: int) -> AttentionState:
+        """Step state for ``length`` positions: a zero K/V cache."""
+        w = self.qkv.v
+        return AttentionState(self.qkv.step_params(), self.out.step_params(),
+                              w.new_zeros(batch, self.heads, length, self.dk),
+                              w.new_zeros(batch, self.heads, length, self.dv), 1.0 / math.sqrt(self.dk))
+
+    def step(self, state: AttentionState, x_t: torch.Tensor, pos: int) -> torch.Tensor:
+        """x_t [B, C] at raster position ``pos`` -> [B, C]: attends to positions 0 .. pos-1 of the cache, then
+        stores its own key and value at ``pos`` (position 0 attends to nothing: out(0) = the out bias)."""
+        b = x_t.shape[0]
+        q, k, v = F.linear(x_t, *state.qkv).view(b, self.heads, -1).split([self.dk, self.dk, self.dv], dim=-1)
+        if pos == 0:
+            att = x_t.new_zeros(b, self.heads * self.dv)
+        else:
+            att = F.scaled_dot_product_attention(q.unsqueeze(2), state.k[:, :, :pos], state.v[:, :, :pos],
+                                                 scale=state.scale).view(b, -1)
+        state.k[:, :, pos] = k
+        state.v[:, :, pos] = v
+        return F.linear(att, *state.out)
+
+
+@dataclass
+class GatedBlockState:
+    """Step state of a causal :class:`GatedResBlock`."""
+
+    width: int
+    conv1: CausalConvState
+    conv2: CausalConvState
+    aux: tuple[torch.Tensor, torch.Tensor] | None  # nin of a: (weight, bias)
+    h_proj: torch.Tensor | None  # [B, H, W, 2C]: nin(concat_elu(h)), channels-last
+    attention: AttentionState | None
 
 
 class GatedResBlock(nn.Module):
@@ -233,6 +381,62 @@ class GatedResBlock(nn.Module):
         if self.dropout > 0 and self.training:
             c3 = F.dropout(c3, self.dropout, training=True)
         return x + c3
+
+    # ---------------------------------------------------------------------------------- step mode
+    def init_state(self, batch: int, height: int, width: int, *, h: torch.Tensor | None = None,
+                   h_proj: torch.Tensor | None = None) -> GatedBlockState:
+        """Step state on a ``height`` x ``width`` map (causal blocks only); ``h`` or ``h_proj`` ([B, 2C, H, W], as in
+        forward) when the block takes a condition. A "down" block steps a row at a time, a "down_right" block a
+        position at a time (attention only in the latter)."""
+        if self.conv1.padding == "same":
+            raise ValueError("only causal ('down', 'down_right') gated blocks have a step mode")
+        if self.training and self.dropout > 0:
+            raise ValueError("step mode is for inference: call .eval() first (the block has dropout)")
+        if self.attention is not None and self.conv1.padding == "down":
+            raise ValueError("attention is stepped a position at a time: it needs a 'down_right' block")
+        hp = None
+        if self.cond is not None:
+            with torch.no_grad():
+                if h_proj is None:
+                    if h is None:
+                        raise ValueError("this block takes a condition h (or h_proj)")
+                    h_proj = self.cond(concat_elu(h))
+                if tuple(h_proj.shape) != (batch, 2 * self.channels, height, width):
+                    raise ValueError(f"h_proj must be [{batch}, {2 * self.channels}, {height}, {width}], "
+                                     f"got {tuple(h_proj.shape)}")
+                hp = h_proj.detach().permute(0, 2, 3, 1).contiguous()
+        return GatedBlockState(
+            width, self.conv1.init_state(batch, width, concat_elu=True), self.conv2.init_state(batch, width, concat_elu=True),
+            None if self.aux is None else self.aux.step_params(), hp,
+            None if self.attention is None else self.attention.init_state(batch, height * width))
+
+    def step(self, state: GatedBlockState, x_t: torch.Tensor, pos: int, a: torch.Tensor | None = None) -> torch.Tensor:
+        """"down": x_t = input row ``pos`` [B, W, C] -> output row [B, W, C]. "down_right": x_t = input at raster
+        position ``pos`` [B, C] -> output there [B, C]. ``a``: the auxiliary input's row (this row) [B, W, C_a],
+        read once per row (at x = 0) by a "down_right" block."""
+        st = state
+        if self.conv1.padding == "down":
+            c1 = self.conv1.step(st.conv1, x_t, pos)
+            if st.aux is not None:
+                c1 = c1 + F.linear(concat_elu_last(a), *st.aux)
+            c2 = self.conv2.step(st.conv2, c1, pos)
+            if st.h_proj is not None:
+                c2 = c2 + st.h_proj[:, pos]
+        else:
+            y, x = divmod(pos, st.width)
+            aux_row = h_row = None
+            if x == 0:  # what is known for the whole row goes into the convs' row base once
+                if st.aux is not None:
+                    aux_row = F.linear(concat_elu_last(a), *st.aux)
+                if st.h_proj is not None:
+                    h_row = st.h_proj[:, y]
+            c1 = self.conv1.step(st.conv1, x_t, pos, row_extra=aux_row)
+            c2 = self.conv2.step(st.conv2, c1, pos, row_extra=h_row)
+        u, gate = c2.chunk(2, dim=-1)
+        c3 = u * torch.sigmoid(gate)
+        if st.attention is not None:
+            c3 = c3 + self.attention.step(st.attention, c3, pos)
+        return x_t + c3
 
 
 # ----------------------------------------------------------------------------------------------------

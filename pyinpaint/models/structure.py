@@ -7,12 +7,15 @@ variable-creation order (see :mod:`pyinpaint.models.official`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pyinpaint.config import StructureConfig
-from pyinpaint.models.layers import GatedResBlock, WNConv2d, WNDense, concat_elu, down_shift, right_shift
+from pyinpaint.models.layers import (CausalConvState, GatedBlockState, GatedResBlock, WNConv2d, WNDense, concat_elu,
+                                     down_shift, right_shift)
 
 # dilation of the first conv of each of the 10 gated blocks at the condition network's bottom
 _COND_RATES = (1, 1, 1, 2, 4, 8, 16, 1, 1, 1)
@@ -41,6 +44,24 @@ class ConditionNet(nn.Module):
     def forward(self, masked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """masked [N, 3, S, S] (image * (1 - mask), in [-1, 1]), mask [N, 1, S, S] (1 = hole) -> h."""
         return self.layers(condition_input(masked, mask))
+
+
+@dataclass
+class PixelCNNState:
+    """Step state of the :class:`PixelCNN` (see :meth:`PixelCNN.step`)."""
+
+    height: int
+    width: int
+    x: torch.Tensor  # [B, H, W, D+1] the input: embeddings as they are drawn, then the ones channel
+    u_in: CausalConvState
+    ul_in_up: CausalConvState
+    ul_in_left: CausalConvState
+    blocks: list[GatedBlockState]
+    u_rows: list[torch.Tensor | None]  # the u stream at the current row, per block (u blocks only)
+    ul_up: torch.Tensor  # [B, W, C] down_shift(ul_in_up(x)) at the current row
+    ul_left: torch.Tensor | None  # [B, C] ul_in_left(x) at the previous position (right_shift)
+    out: list[tuple[torch.Tensor, torch.Tensor]]
+    logits: tuple[torch.Tensor, torch.Tensor]
 
 
 class PixelCNN(nn.Module):
@@ -90,6 +111,60 @@ class PixelCNN(nn.Module):
         for nin in self.out:
             ul = ul + nin(F.elu(ul))
         return self.logits(F.elu(ul))
+
+    # ---------------------------------------------------------------------------------- step mode
+    def init_state(self, batch: int, height: int, width: int | None = None, *, h: torch.Tensor | None = None,
+                   h_proj: list[torch.Tensor] | None = None) -> PixelCNNState:
+        """Step state for sampling a ``height`` x ``width`` map (square by default) for ``batch`` rows of h:
+        weights normalised once, h projected once, every cache allocated here. Needs eval mode (dropout)."""
+        width = height if width is None else width
+        if h_proj is None:
+            if h is None:
+                raise ValueError("the PixelCNN needs the condition h (or its projections h_proj)")
+            with torch.no_grad():
+                h_proj = self.condition_projections(h)
+        w = self.logits.v
+        c = self.u_in.out_ch
+        x = w.new_zeros(batch, height, width, self.u_in.in_ch)
+        x[..., -1] = 1.0  # embed_input's ones channel (the padding around the map has none)
+        return PixelCNNState(
+            height, width, x,
+            self.u_in.init_state(batch, width), self.ul_in_up.init_state(batch, width),
+            self.ul_in_left.init_state(batch, width),
+            [blk.init_state(batch, height, width, h_proj=hp) for blk, hp in zip(self.blocks, h_proj)],
+            [None] * len(self.blocks), w.new_zeros(batch, width, c), None,
+            [nin.step_params() for nin in self.out], self.logits.step_params())
+
+    def step(self, state: PixelCNNState, e_prev: torch.Tensor | None, pos: int) -> torch.Tensor:
+        """Logits [B, K] at raster position ``pos``, given ``e_prev`` [B, D], the embedding drawn at ``pos - 1``
+        (None at 0). Call for pos = 0, 1, 2, ... in order. The u stream advances a whole row when a row starts;
+        the ul stream, its attention and the output layers advance one position."""
+        st = state
+        y, x = divmod(pos, st.width)
+        if pos > 0:  # take in the previous code: the input map and ul_in_left (which feeds the next position)
+            yp, xp = divmod(pos - 1, st.width)
+            st.x[:, yp, xp, :-1] = e_prev
+            st.ul_left = self.ul_in_left.step(st.ul_in_left, st.x[:, yp, xp], pos - 1)
+        if x == 0:
+            self._start_row(st, y)
+        ul = st.ul_up[:, x] if x == 0 else st.ul_up[:, x] + st.ul_left
+        for i in range(1, len(self.blocks), 2):
+            ul = self.blocks[i].step(st.blocks[i], ul, pos, a=st.u_rows[i - 1])
+        for w, b in st.out:
+            ul = ul + F.linear(F.elu(ul), w, b)
+        return F.linear(F.elu(ul), *st.logits)
+
+    def _start_row(self, st: PixelCNNState, y: int) -> None:
+        """Row y of the u stream (and of down_shift(ul_in_up)) from the input rows above it."""
+        if y == 0:  # down_shift: row 0 sees only the zero padding
+            u = torch.zeros_like(st.ul_up)
+        else:
+            row = st.x[:, y - 1]
+            u = self.u_in.step(st.u_in, row, y - 1)  # down_shift: u_in's row y-1 is u's row y
+            st.ul_up = self.ul_in_up.step(st.ul_in_up, row, y - 1)
+        for i in range(0, len(self.blocks), 2):
+            u = self.blocks[i].step(st.blocks[i], u, y)
+            st.u_rows[i] = u
 
 
 class StructureGenerator(nn.Module):

@@ -46,6 +46,9 @@ class TrainArgs:
     seed: int = 0
     device: str = "auto"
     ema_decay: float = 0.9997
+    # TF ExponentialMovingAverage's num_updates: decay_t = min(decay, (1 + t) / (10 + t)). Off in the official
+    # scripts; on, the average forgets the initial weights within a short run (a few thousand steps).
+    ema_warmup: bool = False
     log_every: int = 50
     val_every: int = 500
     val_batches: int = 8  # batches of the validation set per validation (0 = the whole set)
@@ -95,17 +98,19 @@ class EMA:
     initial weights and moves by (1 - decay) towards them each step. Buffers (codebooks, spectral-norm
     vectors) are copied, not averaged, as the official code uses the live ones."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int = 0) -> None:
+        """``step``: the number of optimiser steps taken before this one (for the warm-up)."""
+        decay = min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
         for e, p in zip(self.model.parameters(), model.parameters()):
-            if self.decay == 0.0:  # no averaging (stage 3 is evaluated with its raw weights)
+            if decay == 0.0:  # no averaging (stage 3 is evaluated with its raw weights)
                 e.copy_(p)
             else:
-                e.lerp_(p.detach(), 1.0 - self.decay)
+                e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.model.buffers(), model.buffers()):
             e.copy_(b)
 
@@ -252,15 +257,16 @@ def train(task: Task, train_set: Dataset, val_set: Dataset | None, args: TrainAr
         for key in ("stage", "model"):
             if saved[key] != config[key]:
                 raise ValueError(f"--resume: {key} differs from the run's config.json: {saved[key]} vs {config[key]}")
-        for key in ("batch_size", "seed", "lr", "ema_decay"):
-            if saved["train"][key] != config["train"][key]:
-                raise ValueError(f"--resume: {key} differs from the run's ({saved['train'][key]} vs "
+        for key in ("batch_size", "seed", "lr", "ema_decay", "ema_warmup"):
+            theirs = saved["train"].get(key, False if key == "ema_warmup" else None)  # older runs lack ema_warmup
+            if theirs != config["train"][key]:
+                raise ValueError(f"--resume: {key} differs from the run's ({theirs} vs "
                                  f"{config['train'][key]}): the continuation would not be exact")
     elif run.exists:
         raise FileExistsError(f"{run.dir} already holds a run: pass --resume to continue it, or choose another --out")
     run.dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    ema = EMA(task.model, args.ema_decay)
+    ema = EMA(task.model, args.ema_decay, args.ema_warmup)
     step = 0
     if resume and run.latest() is not None:
         step = run.load(task, ema, device)
@@ -301,7 +307,7 @@ def train(task: Task, train_set: Dataset, val_set: Dataset | None, args: TrainAr
                     raise KeyboardInterrupt(stop.requested)
                 batch = to_device(next(batches), device)
                 metrics = task.train_step(batch, step)
-                ema.update(task.model)
+                ema.update(task.model, step)
                 step += 1
                 for k, v in metrics.items():
                     window[k].append(float(v))

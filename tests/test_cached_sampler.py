@@ -1,0 +1,325 @@
+"""The cached (incremental) sampler: step mode of every causal layer and of the whole PixelCNN replayed against
+the full forward pass, then the sampler itself against the naive one (same seed -> the same codes).
+
+Replay (fast-pixel-cnn style): a random input goes through forward(); the same input is fed position by position
+(or row by row, for the u stream's "down" layers) through init_state / step, and every output must agree. Each
+replay runs in float64 (the algorithm: agreement to 1e-10) and in float32 (the sampler's dtype: ~1e-5).
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyinpaint.config import StructureConfig, structure_preset, texture_preset, vqvae_preset
+from pyinpaint.inpainter import SAMPLERS, Inpainter
+from pyinpaint.models.layers import CausalSelfAttention, GatedResBlock, WNConv2d, concat_elu
+from pyinpaint.models.structure import PixelCNN, StructureGenerator
+from pyinpaint.models.texture import TextureGenerator
+from pyinpaint.models.vqvae import VQVAE
+from pyinpaint.modelfile import save_model
+from pyinpaint.sampler import entropy_bits, sample_cached, sample_naive
+
+DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id="f32")]
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def liven(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weight-norm gains and biases (the official init has zero biases, which would hide bias bugs, such as
+    a bias leaking through down_shift / right_shift or the attention's output at position 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith(".b") or name == "b":
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            elif name.endswith(".g") or name == "g":
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+    return module.eval()
+
+
+def assert_close(step: torch.Tensor, full: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+    assert step.shape == full.shape, (step.shape, full.shape)
+    err = (step - full).abs().max().item()
+    scale = max(1.0, full.abs().max().item())
+    assert err <= TOL[dtype] * scale, f"{what}: max |step - full| = {err:.3g} (outputs up to {scale:.3g})"
+
+
+def rows_of(t: torch.Tensor, y: int) -> torch.Tensor:
+    """Row y of an NCHW map as a channels-last step row [B, W, C]."""
+    return t[:, :, y].permute(0, 2, 1)
+
+
+def at(t: torch.Tensor, p: int) -> torch.Tensor:
+    """Raster position p of an NCHW map as a step tensor [B, C]."""
+    return t.flatten(2)[:, :, p]
+
+
+def replay_rows(fn_step, h: int) -> torch.Tensor:
+    """Stack a row-mode replay back into NCHW."""
+    return torch.stack([fn_step(y) for y in range(h)], dim=1).permute(0, 3, 1, 2)
+
+
+def replay_pixels(fn_step, h: int, w: int) -> torch.Tensor:
+    out = torch.stack([fn_step(p) for p in range(h * w)], dim=-1)
+    return out.view(*out.shape[:2], h, w)
+
+
+# ------------------------------------------------------------------------------------------ single layers
+CONVS = [  # (kind, kernel, concat_elu): the PixelCNN's causal convolutions, and the other flag for each
+    ("down", (2, 3), True), ("down", (2, 3), False), ("down", (1, 3), False),
+    ("down_right", (2, 2), True), ("down_right", (2, 2), False), ("down_right", (2, 1), False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw", [(4, 5), (3, 1), (2, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind,kernel,ce", CONVS, ids=lambda v: str(v))
+def test_conv_replay(kind, kernel, ce, hw, dtype):
+    torch.manual_seed(0)
+    h, w = hw
+    conv = liven(WNConv2d(6 if ce else 5, 7, kernel, padding=kind), 1).to(dtype)
+    x = torch.randn(2, 3 if ce else 5, h, w, dtype=dtype)
+    with torch.inference_mode():
+        full = conv(x, concat_elu=ce)
+        st = conv.init_state(2, w, concat_elu=ce)
+        if kind == "down":
+            step = replay_rows(lambda y: conv.step(st, rows_of(x, y), y), h)
+        else:
+            step = replay_pixels(lambda p: conv.step(st, at(x, p), p), h, w)
+    assert_close(step, full, dtype, f"{kind} {kernel}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [1, 2, 3])
+def test_attention_replay(heads, dtype):
+    torch.manual_seed(0)
+    att = liven(CausalSelfAttention(16, heads, 2, 8), 2).to(dtype)
+    x = torch.randn(3, 16, 3, 5, dtype=dtype)
+    with torch.inference_mode():
+        full = att(x)
+        st = att.init_state(3, 15)
+        step = replay_pixels(lambda p: att.step(st, at(x, p), p), 3, 5)
+    assert_close(step, full, dtype, "attention")
+    assert_close(at(step, 0), att.out.b.detach()[None].expand(3, -1), dtype, "position 0 = out bias")
+
+
+BLOCKS = [  # (padding, kernel, aux, cond, heads)
+    pytest.param("down", (2, 3), False, True, 0, id="u+h"),
+    pytest.param("down", (2, 3), False, False, 0, id="u"),
+    pytest.param("down", (2, 3), True, True, 0, id="u+a+h"),
+    pytest.param("down_right", (2, 2), True, True, 0, id="ul+a+h"),
+    pytest.param("down_right", (2, 2), False, False, 0, id="ul"),
+    pytest.param("down_right", (2, 2), True, True, 2, id="ul+a+h+att2"),
+    pytest.param("down_right", (2, 2), True, False, 3, id="ul+a+att3"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding,kernel,aux,cond,heads", BLOCKS)
+def test_gated_block_replay(padding, kernel, aux, cond, heads, dtype):
+    torch.manual_seed(0)
+    c, hgt, wid = 16, 4, 5
+    blk = liven(GatedResBlock(c, 12, padding=padding, kernel=kernel, aux_channels=c if aux else 0,
+                              cond_channels=6 if cond else 0, attention_heads=heads, dropout=0.1), 3).to(dtype)
+    x, a = torch.randn(2, c, hgt, wid, dtype=dtype), torch.randn(2, c, hgt, wid, dtype=dtype)
+    h = torch.randn(2, 6, hgt, wid, dtype=dtype) if cond else None
+    with torch.inference_mode():
+        full = blk(x, a=a if aux else None, h=h)
+        st = blk.init_state(2, hgt, wid, h=h)
+        if padding == "down":
+            step = replay_rows(lambda y: blk.step(st, rows_of(x, y), y, a=rows_of(a, y) if aux else None), hgt)
+        else:
+            step = replay_pixels(lambda p: blk.step(st, at(x, p), p, a=rows_of(a, p // wid) if aux else None),
+                                 hgt, wid)
+    assert_close(step, full, dtype, "gated block")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_few_blocks_replay(dtype):
+    """u / ul pairs as in the PixelCNN (the u stream by rows feeding the ul stream by pixels), attention last."""
+    torch.manual_seed(0)
+    c, hgt, wid, pairs = 16, 3, 5, 3
+    blocks = []
+    for i in range(pairs):
+        blocks.append(GatedResBlock(c, 8, padding="down", kernel=(2, 3), cond_channels=4))
+        blocks.append(GatedResBlock(c, 8, padding="down_right", kernel=(2, 2), aux_channels=c, cond_channels=4,
+                                    attention_heads=2 if i == pairs - 1 else 0))
+    for i, blk in enumerate(blocks):
+        liven(blk, 10 + i).to(dtype)
+    u0, ul0 = torch.randn(2, c, hgt, wid, dtype=dtype), torch.randn(2, c, hgt, wid, dtype=dtype)
+    h = torch.randn(2, 4, hgt, wid, dtype=dtype)
+    with torch.inference_mode():
+        u, ul = u0, ul0
+        for i in range(0, len(blocks), 2):
+            u = blocks[i](u, h=h)
+            ul = blocks[i + 1](ul, a=u, h=h)
+        states = [blk.init_state(2, hgt, wid, h=h) for blk in blocks]
+        u_rows = [None] * len(blocks)
+
+        def step(p):
+            y, x = divmod(p, wid)
+            if x == 0:
+                r = rows_of(u0, y)
+                for i in range(0, len(blocks), 2):
+                    r = u_rows[i] = blocks[i].step(states[i], r, y)
+            t = at(ul0, p)
+            for i in range(1, len(blocks), 2):
+                t = blocks[i].step(states[i], t, p, a=u_rows[i - 1])
+            return t
+
+        out = replay_pixels(step, hgt, wid)
+    assert_close(out, ul, dtype, "u/ul pairs")
+
+
+# ------------------------------------------------------------------------------------------ the whole network
+def odd_config(**kw) -> StructureConfig:
+    """A 5 x 5 code map (image 40), 2 attention groups of 2 pairs, 3 heads."""
+    base = dict(image_size=40, embedding_dim=6, num_embeddings=20, cond_channels=2, cond_res_channels=2, channels=16,
+                res_channels=12, resnets=4, out_resnets=2, attention=2, heads=3, dropout=0.1)
+    base.update(kw)
+    return StructureConfig(**base)
+
+
+NETWORKS = [
+    pytest.param(structure_preset("tiny"), (8, 8), id="tiny-8x8"),
+    pytest.param(odd_config(), (5, 5), id="odd-5x5-heads3"),
+    pytest.param(odd_config(heads=1, attention=1, resnets=3), (5, 5), id="odd-5x5-heads1-3pairs"),
+    pytest.param(odd_config(resnets=2, attention=2, out_resnets=0), (3, 4), id="3x4-attention-every-pair"),
+    pytest.param(odd_config(), (4, 1), id="width-1"),
+]
+
+
+def replay_network(net: PixelCNN, e: torch.Tensor, h: torch.Tensor, use_h_proj: bool) -> torch.Tensor:
+    b, _, hgt, wid = e.shape
+    st = net.init_state(b, hgt, wid, h_proj=net.condition_projections(h)) if use_h_proj else \
+        net.init_state(b, hgt, wid, h=h)
+    return replay_pixels(lambda p: net.step(st, at(e, p - 1) if p else None, p), hgt, wid)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg,hw", NETWORKS)
+def test_pixelcnn_replay(cfg, hw, dtype):
+    torch.manual_seed(0)
+    net = liven(PixelCNN(cfg), 4).to(dtype)
+    hgt, wid = hw
+    e = torch.randn(3, cfg.embedding_dim, hgt, wid, dtype=dtype)
+    h = torch.randn(3, cfg.h_channels, hgt, wid, dtype=dtype)
+    with torch.inference_mode():
+        full = net(e, h)
+        assert_close(replay_network(net, e, h, use_h_proj=False), full, dtype, "pixelcnn (h)")
+        assert_close(replay_network(net, e, h, use_h_proj=True), full, dtype, "pixelcnn (h_proj)")
+
+
+def test_step_mode_errors():
+    with pytest.raises(ValueError, match="causal"):
+        WNConv2d(4, 4, 3).init_state(1, 4)
+    with pytest.raises(ValueError, match="causal"):
+        GatedResBlock(4, 4).init_state(1, 4, 4)
+    blk = GatedResBlock(16, 8, padding="down_right", kernel=(2, 2), cond_channels=2, dropout=0.1)
+    with pytest.raises(ValueError, match="eval"):
+        blk.init_state(1, 4, 4, h=torch.zeros(1, 2, 4, 4))
+    blk.eval()
+    with pytest.raises(ValueError, match="condition"):
+        blk.init_state(1, 4, 4)
+    with pytest.raises(ValueError, match="h_proj must be"):
+        blk.init_state(2, 4, 4, h=torch.zeros(1, 2, 4, 4))
+    with pytest.raises(ValueError, match="down_right"):
+        GatedResBlock(16, 8, padding="down", kernel=(2, 3), attention_heads=2).eval().init_state(1, 4, 4)
+
+
+# ------------------------------------------------------------------------------------------ sampling
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = structure_preset("tiny", dropout=0.0)
+    model = StructureGenerator(cfg).eval()
+    liven(model.pixelcnn, 6)
+    with torch.no_grad():  # peaky logits: sampling far from uniform, so equal codes mean something
+        model.pixelcnn.logits.g.mul_(20)
+    codebook = torch.randn(cfg.num_embeddings, cfg.embedding_dim)
+    g = torch.Generator().manual_seed(1)
+    imgs = torch.rand(3, 3, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+    mask = torch.zeros(3, 1, cfg.image_size, cfg.image_size)
+    mask[:, :, 16:48, 8:40] = 1
+    with torch.no_grad():
+        h = model.condition(imgs * (1 - mask), mask)
+    return model.pixelcnn, h, codebook
+
+
+@pytest.mark.parametrize("seed,temperature,top_k", [(0, 1.0, None), (1, 1.0, None), (2, 0.7, None), (3, 1.0, 5),
+                                                    (4, 1.3, 3)])
+def test_cached_draws_the_naive_codes(tiny, seed, temperature, top_k):
+    pixelcnn, h, codebook = tiny
+    kw = dict(seed=seed, temperature=temperature, top_k=top_k, entropy=True)
+    naive, cached = sample_naive(pixelcnn, h, codebook, **kw), sample_cached(pixelcnn, h, codebook, **kw)
+    assert torch.equal(cached.codes, naive.codes)
+    assert torch.equal(cached.embeddings, naive.embeddings)
+    assert cached.embeddings.is_contiguous() and cached.codes.dtype == torch.int64
+    torch.testing.assert_close(cached.entropy, naive.entropy, rtol=0, atol=1e-4)
+    assert len(torch.unique(cached.codes)) > 3  # not a constant map
+
+
+def test_cached_sampler_options_change_the_draws(tiny):
+    pixelcnn, h, codebook = tiny
+    base = sample_cached(pixelcnn, h, codebook, seed=0)
+    assert torch.equal(base.codes, sample_cached(pixelcnn, h, codebook, seed=0).codes)
+    assert not torch.equal(base.codes, sample_cached(pixelcnn, h, codebook, seed=1).codes)
+    top1 = sample_cached(pixelcnn, h, codebook, seed=0, top_k=1)
+    assert torch.equal(top1.codes, sample_cached(pixelcnn, h, codebook, seed=5, top_k=1).codes)  # greedy
+
+
+def test_cached_entropy_is_of_the_unshaped_logits(tiny):
+    pixelcnn, h, codebook = tiny
+    out = sample_cached(pixelcnn, h, codebook, seed=2, temperature=0.5, top_k=4, entropy=True)
+    with torch.no_grad():
+        logits = pixelcnn(out.embeddings, h)  # teacher-forced on what was drawn = the logits the sampler saw
+    torch.testing.assert_close(out.entropy, entropy_bits(logits.permute(0, 2, 3, 1)), rtol=0, atol=1e-4)
+    assert (out.entropy <= math.log2(codebook.shape[0]) + 1e-4).all()
+
+
+def test_cached_sampler_odd_map_and_restores_mode():
+    torch.manual_seed(0)
+    cfg = odd_config()
+    net = liven(PixelCNN(cfg), 7)
+    with torch.no_grad():
+        net.logits.g.mul_(10)
+    net.train()
+    codebook = torch.randn(cfg.num_embeddings, cfg.embedding_dim)
+    h = torch.randn(4, cfg.h_channels, 5, 5)
+    seen = []
+    cached = sample_cached(net, h, codebook, seed=11, progress=seen.append)
+    assert net.training and seen == list(range(25))
+    assert torch.equal(cached.codes, sample_naive(net, h, codebook, seed=11).codes)
+    assert cached.entropy is None and cached.codes.shape == (4, 5, 5)
+
+
+@pytest.fixture(scope="module")
+def inpainter(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("cached") / "tiny"
+    structure = StructureGenerator(structure_preset("tiny"))
+    liven(structure.pixelcnn, 8)
+    with torch.no_grad():
+        structure.pixelcnn.logits.g.mul_(20)
+    texture = TextureGenerator(texture_preset("tiny"))
+    with torch.no_grad():  # a texture generator whose output visibly depends on the structure
+        for name, p in texture.named_parameters():
+            if name.endswith("weight"):
+                p.mul_(2.5)
+    save_model(path, VQVAE(vqvae_preset("tiny")), structure, texture)
+    return Inpainter.load(path, "cpu")
+
+
+def test_inpainter_cached_is_the_default_and_equals_naive(inpainter):
+    from skimage import data as skdata
+
+    image = np.ascontiguousarray(skdata.astronaut()[40:140, 120:270])
+    hole = np.zeros(image.shape[:2], bool)
+    hole[30:70, 50:110] = True
+    assert SAMPLERS[0] == "cached"
+    default = inpainter.inpaint(image, hole, n=3, seed=4)
+    naive = inpainter.inpaint(image, hole, n=3, seed=4, sampler="naive")
+    cached = inpainter.inpaint(image, hole, n=3, seed=4, sampler="cached")
+    assert torch.equal(naive.codes, cached.codes) and torch.equal(default.codes, cached.codes)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(naive.images, cached.images))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(default.images, cached.images))
