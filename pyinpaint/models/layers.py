@@ -113,21 +113,35 @@ def concat_elu_last(x: torch.Tensor) -> torch.Tensor:
 class CausalConvState:
     """Step state of a causal :class:`WNConv2d` on a map ``width`` wide.
 
-    rows: [B, kh, left + width + right, C'] the last kh rows of the layer's input (concat_elu applied when
-    the layer fuses it: C' = 2C), zero in the padding columns; rows above row 0 are zeros, as the padding.
-    "down" (row mode): ``weight`` [O, kh*kw*C'] on windows ordered (row, column, channel).
-    "down_right" (pixel mode): the rows above are applied once per row (``w_above`` [O, (kh-1)*kw*C'], into
+    ``rows`` [B, kh, left + width + right, C']: the last kh rows of the layer's input (concat_elu applied when the
+    layer fuses it: C' = 2C), zero in the padding columns; the rows above row 0 are zeros, as the padding.
+    "down" (row mode): ``weight_t`` [kh*kw*C', O] on windows ordered (row, column, channel).
+    "down_right" (pixel mode): the rows above are applied once per row (``above_t`` [(kh-1)*kw*C', O], into
     ``row_base`` [B, W, O] with the bias and the caller's row_extra), the current row at each pixel
-    (``weight`` [O, kw*C']).
+    (``weight_t`` [kw*C', O]). ``slots`` (where an input goes), ``windows`` (what the weights see) and ``bases``
+    are views into the buffers made once here, so that a step indexes Python lists, not tensors.
     """
 
     concat_elu: bool
     width: int
-    weight: torch.Tensor
-    w_above: torch.Tensor | None
-    bias: torch.Tensor
     rows: torch.Tensor
+    weight_t: torch.Tensor
+    above_t: torch.Tensor | None
+    bias: torch.Tensor
     row_base: torch.Tensor | None
+    sign: torch.Tensor  # [[1], [-1]]: writes [x, -x] in one multiplication
+    slots: list[torch.Tensor]  # down: [the current row [B, W, (2,) C]]; down_right: per column [B, (2,) C]
+    windows: list[torch.Tensor]  # down: [[B, W, kh, kw, C']]; down_right: per column [B, kw*C'], then the rows above
+    bases: list[torch.Tensor]  # down_right: row_base[:, x] per column
+
+
+def _put(st: CausalConvState, slot: torch.Tensor, x: torch.Tensor) -> None:
+    """slot <- concat_elu(x) (slot viewed [..., 2, C]) or x."""
+    if st.concat_elu:
+        torch.mul(x.unsqueeze(-2), st.sign, out=slot)
+        F.elu(slot, inplace=True)
+    else:
+        slot.copy_(x)
 
 
 def _weight_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -191,17 +205,33 @@ class WNConv2d(nn.Module):
         o, cin = w.shape[0], w.shape[-1]
         if concat_elu and cin % 2:
             raise ValueError(f"concat_elu doubles the channels: {cin} input channels cannot take it")
+        if self.padding == "down" and kw % 2 == 0:
+            raise ValueError(f"a 'down' convolution needs an odd filter width (got {kw})")
+        left = (kw - 1) // 2 if self.padding == "down" else kw - 1
+        right = (kw - 1) // 2 if self.padding == "down" else 0
+        rows = w.new_zeros(batch, kh, left + width + right, cin)
+        wp = rows.shape[2]
+        sign = w.new_tensor([[1.0], [-1.0]])
+
+        def windows(n_rows: int):  # [B, W, n_rows, kw, C']: win[b, x, i, j] = rows[b, i, x + j] (a view)
+            return rows.as_strided((batch, width, n_rows, kw, cin), (kh * wp * cin, cin, wp * cin, cin, 1))
+
+        def slot(t):  # [..., C'] -> [..., 2, C] for the [x, -x] write
+            return t.unflatten(-1, (2, cin // 2)) if concat_elu else t
+
+        def transposed(m):  # [O, ...] -> [I, O] (a transposed view of a contiguous [O, I])
+            return m.reshape(o, -1).contiguous().t()
+
         bias = self.b.detach().clone()
         if self.padding == "down":
-            if kw % 2 == 0:
-                raise ValueError(f"a 'down' convolution needs an odd filter width (got {kw})")
-            pad = (kw - 1) // 2
-            rows = w.new_zeros(batch, kh, pad + width + pad, cin)
-            return CausalConvState(concat_elu, width, w.reshape(o, -1).contiguous(), None, bias, rows, None)
-        rows = w.new_zeros(batch, kh, kw - 1 + width, cin)
-        above = w[:, :-1].reshape(o, -1).contiguous() if kh > 1 else None
-        return CausalConvState(concat_elu, width, w[:, -1].reshape(o, -1).contiguous(), above, bias, rows,
-                               w.new_zeros(batch, width, o))
+            return CausalConvState(concat_elu, width, rows, transposed(w), None, bias, None, sign,
+                                   [slot(rows[:, -1, left:left + width])], [windows(kh)], [])
+        row_base = w.new_zeros(batch, width, o)
+        return CausalConvState(
+            concat_elu, width, rows, transposed(w[:, -1]), transposed(w[:, :-1]) if kh > 1 else None, bias, row_base,
+            sign, [slot(rows[:, -1, x + kw - 1]) for x in range(width)],
+            [rows[:, -1, x:x + kw].view(batch, -1) for x in range(width)] + [windows(kh - 1)],
+            [row_base[:, x] for x in range(width)])
 
     def step(self, state: CausalConvState, x_t: torch.Tensor, pos: int,
              row_extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -212,35 +242,29 @@ class WNConv2d(nn.Module):
             return self._step_row(state, x_t)
         return self._step_pixel(state, x_t, pos, row_extra)
 
+    def _shift_rows(self, st: CausalConvState) -> None:
+        for i in range(self.kernel[0] - 1):  # the window moves down one row
+            st.rows[:, i].copy_(st.rows[:, i + 1])
+
     def _step_row(self, st: CausalConvState, x_row: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel
-        rows, w = st.rows, st.width
-        for i in range(kh - 1):  # the window moves down one row
-            rows[:, i].copy_(rows[:, i + 1])
-        rows[:, -1, (kw - 1) // 2:(kw - 1) // 2 + w] = concat_elu_last(x_row) if st.concat_elu else x_row
-        b, _, wp, c = rows.shape
-        win = rows.as_strided((b, w, kh, kw, c), (kh * wp * c, c, wp * c, c, 1))  # win[b, x, i, j] = rows[b, i, x + j]
-        return torch.addmm(st.bias, win.reshape(b * w, -1), st.weight.t()).view(b, w, -1)
+        self._shift_rows(st)
+        _put(st, st.slots[0], x_row)
+        b, w = x_row.shape[0], st.width
+        return torch.addmm(st.bias, st.windows[0].reshape(b * w, -1), st.weight_t).view(b, w, -1)
 
     def _step_pixel(self, st: CausalConvState, x_t: torch.Tensor, pos: int, row_extra) -> torch.Tensor:
-        kh, kw = self.kernel
-        rows = st.rows
         x = pos % st.width
         if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
-            b, _, wp, c = rows.shape
-            for i in range(kh - 1):
-                rows[:, i].copy_(rows[:, i + 1])
-            if st.w_above is None:
+            self._shift_rows(st)
+            if st.above_t is None:
                 st.row_base.copy_(st.bias.expand_as(st.row_base))
             else:
-                win = rows.as_strided((b, st.width, kh - 1, kw, c), (kh * wp * c, c, wp * c, c, 1))
-                torch.addmm(st.bias, win.reshape(b * st.width, -1), st.w_above.t(),
-                            out=st.row_base.view(b * st.width, -1))
+                b, w = x_t.shape[0], st.width
+                torch.addmm(st.bias, st.windows[-1].reshape(b * w, -1), st.above_t, out=st.row_base.view(b * w, -1))
             if row_extra is not None:
                 st.row_base += row_extra
-        rows[:, -1, x + kw - 1] = concat_elu_last(x_t) if st.concat_elu else x_t
-        win = rows[:, -1, x:x + kw]  # [B, kw, C'] (columns x - kw + 1 .. x): a view
-        return torch.addmm(st.row_base[:, x], win.reshape(win.shape[0], -1), st.weight.t())
+        _put(st, st.slots[x], x_t)
+        return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
 
 
 class WNDense(nn.Module):
@@ -406,7 +430,8 @@ class GatedResBlock(nn.Module):
                                      f"got {tuple(h_proj.shape)}")
                 hp = h_proj.detach().permute(0, 2, 3, 1).contiguous()
         return GatedBlockState(
-            width, self.conv1.init_state(batch, width, concat_elu=True), self.conv2.init_state(batch, width, concat_elu=True),
+            width, self.conv1.init_state(batch, width, concat_elu=True),
+            self.conv2.init_state(batch, width, concat_elu=True),
             None if self.aux is None else self.aux.step_params(), hp,
             None if self.attention is None else self.attention.init_state(batch, height * width))
 
@@ -432,8 +457,7 @@ class GatedResBlock(nn.Module):
                     h_row = st.h_proj[:, y]
             c1 = self.conv1.step(st.conv1, x_t, pos, row_extra=aux_row)
             c2 = self.conv2.step(st.conv2, c1, pos, row_extra=h_row)
-        u, gate = c2.chunk(2, dim=-1)
-        c3 = u * torch.sigmoid(gate)
+        c3 = F.glu(c2, dim=-1)  # first half * sigmoid(second half)
         if st.attention is not None:
             c3 = c3 + self.attention.step(st.attention, c3, pos)
         return x_t + c3
