@@ -13,14 +13,22 @@ import torch
 
 from pyinpaint.config import StructureConfig, structure_preset, texture_preset, vqvae_preset
 from pyinpaint.inpainter import SAMPLERS, Inpainter
+from pyinpaint.models import layers
 from pyinpaint.models.layers import CausalSelfAttention, GatedResBlock, WNConv2d, concat_elu
 from pyinpaint.models.structure import PixelCNN, StructureGenerator
 from pyinpaint.models.texture import TextureGenerator
 from pyinpaint.models.vqvae import VQVAE
 from pyinpaint.modelfile import save_model
-from pyinpaint.sampler import entropy_bits, sample_cached, sample_naive
+from pyinpaint.sampler import draw, entropy_bits, gumbel_noise, sample_cached, sample_naive
 
 DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id="f32")]
+
+
+@pytest.fixture(params=[False, True], ids=["rows-by-gemm", "rows-by-conv"])
+def rows_by_conv(request, monkeypatch):
+    """Whole rows go through addmm on gathered windows or through F.conv2d (chosen by batch x width): test both."""
+    monkeypatch.setattr(layers, "ROWS_BY_CONV_MIN", 0 if request.param else 10 ** 9)
+    return request.param
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
@@ -74,7 +82,7 @@ CONVS = [  # (kind, kernel, concat_elu): the PixelCNN's causal convolutions, and
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hw", [(4, 5), (3, 1), (2, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind,kernel,ce", CONVS, ids=lambda v: str(v))
-def test_conv_replay(kind, kernel, ce, hw, dtype):
+def test_conv_replay(kind, kernel, ce, hw, dtype, rows_by_conv):
     torch.manual_seed(0)
     h, w = hw
     conv = liven(WNConv2d(6 if ce else 5, 7, kernel, padding=kind), 1).to(dtype)
@@ -116,7 +124,7 @@ BLOCKS = [  # (padding, kernel, aux, cond, heads)
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("padding,kernel,aux,cond,heads", BLOCKS)
-def test_gated_block_replay(padding, kernel, aux, cond, heads, dtype):
+def test_gated_block_replay(padding, kernel, aux, cond, heads, dtype, rows_by_conv):
     torch.manual_seed(0)
     c, hgt, wid = 16, 4, 5
     blk = liven(GatedResBlock(c, 12, padding=padding, kernel=kernel, aux_channels=c if aux else 0,
@@ -125,17 +133,21 @@ def test_gated_block_replay(padding, kernel, aux, cond, heads, dtype):
     h = torch.randn(2, 6, hgt, wid, dtype=dtype) if cond else None
     with torch.inference_mode():
         full = blk(x, a=a if aux else None, h=h)
-        st = blk.init_state(2, hgt, wid, h=h)
+        hp = blk.cond(concat_elu(h)) if cond else None  # the step takes the projection a row at a time
+        st = blk.init_state(2, hgt, wid)
+
+        def row_inputs(y):
+            return dict(a=rows_of(a, y) if aux else None, h_proj=rows_of(hp, y) if cond else None)
+
         if padding == "down":
-            step = replay_rows(lambda y: blk.step(st, rows_of(x, y), y, a=rows_of(a, y) if aux else None), hgt)
+            step = replay_rows(lambda y: blk.step(st, rows_of(x, y), y, **row_inputs(y)), hgt)
         else:
-            step = replay_pixels(lambda p: blk.step(st, at(x, p), p, a=rows_of(a, p // wid) if aux else None),
-                                 hgt, wid)
+            step = replay_pixels(lambda p: blk.step(st, at(x, p), p, **row_inputs(p // wid)), hgt, wid)
     assert_close(step, full, dtype, "gated block")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_few_blocks_replay(dtype):
+def test_a_few_blocks_replay(dtype, rows_by_conv):
     """u / ul pairs as in the PixelCNN (the u stream by rows feeding the ul stream by pixels), attention last."""
     torch.manual_seed(0)
     c, hgt, wid, pairs = 16, 3, 5, 3
@@ -153,7 +165,8 @@ def test_a_few_blocks_replay(dtype):
         for i in range(0, len(blocks), 2):
             u = blocks[i](u, h=h)
             ul = blocks[i + 1](ul, a=u, h=h)
-        states = [blk.init_state(2, hgt, wid, h=h) for blk in blocks]
+        states = [blk.init_state(2, hgt, wid) for blk in blocks]
+        h_proj = [blk.cond(concat_elu(h)) for blk in blocks]
         u_rows = [None] * len(blocks)
 
         def step(p):
@@ -161,10 +174,10 @@ def test_a_few_blocks_replay(dtype):
             if x == 0:
                 r = rows_of(u0, y)
                 for i in range(0, len(blocks), 2):
-                    r = u_rows[i] = blocks[i].step(states[i], r, y)
+                    r = u_rows[i] = blocks[i].step(states[i], r, y, h_proj=rows_of(h_proj[i], y))
             t = at(ul0, p)
             for i in range(1, len(blocks), 2):
-                t = blocks[i].step(states[i], t, p, a=u_rows[i - 1])
+                t = blocks[i].step(states[i], t, p, a=u_rows[i - 1], h_proj=rows_of(h_proj[i], y))
             return t
 
         out = replay_pixels(step, hgt, wid)
@@ -186,6 +199,8 @@ NETWORKS = [
     pytest.param(odd_config(heads=1, attention=1, resnets=3), (5, 5), id="odd-5x5-heads1-3pairs"),
     pytest.param(odd_config(resnets=2, attention=2, out_resnets=0), (3, 4), id="3x4-attention-every-pair"),
     pytest.param(odd_config(), (4, 1), id="width-1"),
+    pytest.param(structure_preset("paper", image_size=64, embedding_dim=4, num_embeddings=16, cond_channels=1,
+                                  channels=8, res_channels=8), (8, 8), id="paper-depth-narrow-8x8"),
 ]
 
 
@@ -198,7 +213,7 @@ def replay_network(net: PixelCNN, e: torch.Tensor, h: torch.Tensor, use_h_proj: 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cfg,hw", NETWORKS)
-def test_pixelcnn_replay(cfg, hw, dtype):
+def test_pixelcnn_replay(cfg, hw, dtype, rows_by_conv):
     torch.manual_seed(0)
     net = liven(PixelCNN(cfg), 4).to(dtype)
     hgt, wid = hw
@@ -217,14 +232,19 @@ def test_step_mode_errors():
         GatedResBlock(4, 4).init_state(1, 4, 4)
     blk = GatedResBlock(16, 8, padding="down_right", kernel=(2, 2), cond_channels=2, dropout=0.1)
     with pytest.raises(ValueError, match="eval"):
-        blk.init_state(1, 4, 4, h=torch.zeros(1, 2, 4, 4))
-    blk.eval()
-    with pytest.raises(ValueError, match="condition"):
         blk.init_state(1, 4, 4)
-    with pytest.raises(ValueError, match="h_proj must be"):
-        blk.init_state(2, 4, 4, h=torch.zeros(1, 2, 4, 4))
+    st = blk.eval().init_state(1, 4, 4)
+    with torch.inference_mode(), pytest.raises(ValueError, match="condition"):
+        blk.step(st, torch.zeros(1, 16), 0)
     with pytest.raises(ValueError, match="down_right"):
         GatedResBlock(16, 8, padding="down", kernel=(2, 3), attention_heads=2).eval().init_state(1, 4, 4)
+    net = PixelCNN(odd_config()).eval()
+    with pytest.raises(ValueError, match="condition"):
+        net.init_state(1, 5)
+    with pytest.raises(ValueError, match="h must be"):
+        net.init_state(2, 5, h=torch.zeros(1, odd_config().h_channels, 5, 5))
+    with pytest.raises(ValueError, match="one projection per block"):
+        net.init_state(1, 5, h_proj=[torch.zeros(1, 32, 5, 5)])
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -257,6 +277,24 @@ def test_cached_draws_the_naive_codes(tiny, seed, temperature, top_k):
     assert cached.embeddings.is_contiguous() and cached.codes.dtype == torch.int64
     torch.testing.assert_close(cached.entropy, naive.entropy, rtol=0, atol=1e-4)
     assert len(torch.unique(cached.codes)) > 3  # not a constant map
+
+
+@pytest.mark.parametrize("cfg", [odd_config(dropout=0.0), odd_config(dropout=0.0, heads=1, attention=1, resnets=2)],
+                         ids=["odd-5x5", "odd-5x5-heads1"])
+def test_every_cached_code_is_the_naive_rule_on_the_full_network(cfg):
+    """Causality makes one teacher-forced pass on the sampled map give, at every position, the logits the naive
+    sampler computes there: so each cached code must be the sampling rule applied to them (all positions)."""
+    torch.manual_seed(0)
+    net = liven(PixelCNN(cfg), 9)
+    with torch.no_grad():
+        net.logits.g.mul_(10)
+    codebook = torch.randn(cfg.num_embeddings, cfg.embedding_dim)
+    h = torch.randn(6, cfg.h_channels, 5, 5)
+    out = sample_cached(net, h, codebook, seed=7, temperature=0.9, top_k=6)
+    with torch.no_grad():
+        logits = net(out.embeddings, h).flatten(2).transpose(1, 2)  # [N, L, K]
+    expected = draw(logits, gumbel_noise(7, 6, 25, cfg.num_embeddings), temperature=0.9, top_k=6)
+    assert torch.equal(out.codes.flatten(1), expected)
 
 
 def test_cached_sampler_options_change_the_draws(tiny):

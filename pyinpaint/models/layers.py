@@ -109,29 +109,39 @@ def concat_elu_last(x: torch.Tensor) -> torch.Tensor:
     return F.elu(torch.cat([x, -x], dim=-1))
 
 
+# Whole rows at once (the u stream, and the rows above in the ul stream) go through oneDNN's convolution when
+# batch x width reaches this many outputs: measured 1.4-2x MKL's GEMM on the gathered windows there (AVX-512),
+# while below it the GEMM wins (1.5x at batch 1). Both give the same numbers up to float32 rounding.
+ROWS_BY_CONV_MIN = 128
+
+
 @dataclass
 class CausalConvState:
     """Step state of a causal :class:`WNConv2d` on a map ``width`` wide.
 
     ``rows`` [B, kh, left + width + right, C']: the last kh rows of the layer's input (concat_elu applied when the
     layer fuses it: C' = 2C), zero in the padding columns; the rows above row 0 are zeros, as the padding.
-    "down" (row mode): ``weight_t`` [kh*kw*C', O] on windows ordered (row, column, channel).
-    "down_right" (pixel mode): the rows above are applied once per row (``above_t`` [(kh-1)*kw*C', O], into
-    ``row_base`` [B, W, O] with the bias and the caller's row_extra), the current row at each pixel
-    (``weight_t`` [kw*C', O]). ``slots`` (where an input goes), ``windows`` (what the weights see) and ``bases``
-    are views into the buffers made once here, so that a step indexes Python lists, not tensors.
+    Filter rows applied to whole rows (all kh in row mode, "down"; the kh - 1 above in pixel mode, "down_right"):
+    ``row_w`` [O, C', n, kw] (convolution) or ``row_wt`` [n*kw*C', O] on ``row_windows`` [B, W, n, kw, C'].
+    Pixel mode applies them once per row into ``row_base`` [B, W, O] (with the bias and the caller's row_extra),
+    and the current row's filter ``weight_t`` [kw*C', O] at each pixel. ``slots`` (where an input goes),
+    ``windows`` (what the current-row filter sees) and ``bases`` are views made once here, so that a step
+    indexes Python lists, not tensors.
     """
 
     concat_elu: bool
     width: int
     rows: torch.Tensor
-    weight_t: torch.Tensor
-    above_t: torch.Tensor | None
     bias: torch.Tensor
-    row_base: torch.Tensor | None
     sign: torch.Tensor  # [[1], [-1]]: writes [x, -x] in one multiplication
+    by_conv: bool  # whole rows through F.conv2d with row_w (else addmm with row_wt on row_windows)
+    row_w: torch.Tensor | None
+    row_wt: torch.Tensor | None
+    row_windows: torch.Tensor | None  # None when no filter row applies to whole rows (pixel mode, kh = 1)
+    weight_t: torch.Tensor | None
+    row_base: torch.Tensor | None
     slots: list[torch.Tensor]  # down: [the current row [B, W, (2,) C]]; down_right: per column [B, (2,) C]
-    windows: list[torch.Tensor]  # down: [[B, W, kh, kw, C']]; down_right: per column [B, kw*C'], then the rows above
+    windows: list[torch.Tensor]  # down_right: per column [B, kw*C']
     bases: list[torch.Tensor]  # down_right: row_base[:, x] per column
 
 
@@ -201,37 +211,37 @@ class WNConv2d(nn.Module):
             raise ValueError("only causal ('down', 'down_right') convolutions have a step mode")
         kh, kw = self.kernel
         with torch.no_grad():
-            w = self.weight().detach().permute(0, 2, 3, 1)  # [O, kh, kw, C']: the windows' order
-        o, cin = w.shape[0], w.shape[-1]
+            w = self.weight().detach()  # [O, C', kh, kw]
+        o, cin = w.shape[:2]
         if concat_elu and cin % 2:
             raise ValueError(f"concat_elu doubles the channels: {cin} input channels cannot take it")
         if self.padding == "down" and kw % 2 == 0:
             raise ValueError(f"a 'down' convolution needs an odd filter width (got {kw})")
-        left = (kw - 1) // 2 if self.padding == "down" else kw - 1
-        right = (kw - 1) // 2 if self.padding == "down" else 0
+        pixel = self.padding == "down_right"
+        left, right = (kw - 1, 0) if pixel else ((kw - 1) // 2, (kw - 1) // 2)
         rows = w.new_zeros(batch, kh, left + width + right, cin)
         wp = rows.shape[2]
-        sign = w.new_tensor([[1.0], [-1.0]])
-
-        def windows(n_rows: int):  # [B, W, n_rows, kw, C']: win[b, x, i, j] = rows[b, i, x + j] (a view)
-            return rows.as_strided((batch, width, n_rows, kw, cin), (kh * wp * cin, cin, wp * cin, cin, 1))
+        n = kh - 1 if pixel else kh  # filter rows applied to whole rows
 
         def slot(t):  # [..., C'] -> [..., 2, C] for the [x, -x] write
             return t.unflatten(-1, (2, cin // 2)) if concat_elu else t
 
-        def transposed(m):  # [O, ...] -> [I, O] (a transposed view of a contiguous [O, I])
-            return m.reshape(o, -1).contiguous().t()
+        def transposed(m):  # [O, C', rows, kw] -> [rows*kw*C', O] (a transposed view of a contiguous [O, I])
+            return m.permute(0, 2, 3, 1).reshape(o, -1).contiguous().t()
 
-        bias = self.b.detach().clone()
-        if self.padding == "down":
-            return CausalConvState(concat_elu, width, rows, transposed(w), None, bias, None, sign,
-                                   [slot(rows[:, -1, left:left + width])], [windows(kh)], [])
-        row_base = w.new_zeros(batch, width, o)
-        return CausalConvState(
-            concat_elu, width, rows, transposed(w[:, -1]), transposed(w[:, :-1]) if kh > 1 else None, bias, row_base,
-            sign, [slot(rows[:, -1, x + kw - 1]) for x in range(width)],
-            [rows[:, -1, x:x + kw].view(batch, -1) for x in range(width)] + [windows(kh - 1)],
-            [row_base[:, x] for x in range(width)])
+        by_conv = batch * width >= ROWS_BY_CONV_MIN  # one of the two layouts of the whole-row filter rows is kept
+        state = CausalConvState(
+            concat_elu, width, rows, self.b.detach().clone(), w.new_tensor([[1.0], [-1.0]]), by_conv,
+            w[:, :, :n].contiguous() if n and by_conv else None, transposed(w[:, :, :n]) if n and not by_conv else None,
+            rows.as_strided((batch, width, n, kw, cin), (kh * wp * cin, cin, wp * cin, cin, 1)) if n else None,
+            None, None, [slot(rows[:, -1, left:left + width])], [], [])
+        if pixel:
+            state.weight_t = transposed(w[:, :, -1:])
+            state.row_base = w.new_zeros(batch, width, o)
+            state.slots = [slot(rows[:, -1, x + kw - 1]) for x in range(width)]
+            state.windows = [rows[:, -1, x:x + kw].view(batch, -1) for x in range(width)]
+            state.bases = [state.row_base[:, x] for x in range(width)]
+        return state
 
     def step(self, state: CausalConvState, x_t: torch.Tensor, pos: int,
              row_extra: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,32 +249,32 @@ class WNConv2d(nn.Module):
         raster position ``pos`` [B, C] -> output there [B, O]; ``row_extra`` [B, W, O] (read when a row
         starts, x = 0) is added to every output of that row."""
         if self.padding == "down":
-            return self._step_row(state, x_t)
-        return self._step_pixel(state, x_t, pos, row_extra)
+            self._shift_rows(state)
+            _put(state, state.slots[0], x_t)
+            return self._whole_rows(state)
+        st, x = state, pos % state.width
+        if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
+            self._shift_rows(st)
+            if st.row_windows is None:  # no rows above (kh = 1)
+                st.row_base.copy_(st.bias.expand_as(st.row_base))
+            else:
+                st.row_base.copy_(self._whole_rows(st))
+            if row_extra is not None:
+                st.row_base += row_extra
+        _put(st, st.slots[x], x_t)
+        return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
 
     def _shift_rows(self, st: CausalConvState) -> None:
         for i in range(self.kernel[0] - 1):  # the window moves down one row
             st.rows[:, i].copy_(st.rows[:, i + 1])
 
-    def _step_row(self, st: CausalConvState, x_row: torch.Tensor) -> torch.Tensor:
-        self._shift_rows(st)
-        _put(st, st.slots[0], x_row)
-        b, w = x_row.shape[0], st.width
-        return torch.addmm(st.bias, st.windows[0].reshape(b * w, -1), st.weight_t).view(b, w, -1)
-
-    def _step_pixel(self, st: CausalConvState, x_t: torch.Tensor, pos: int, row_extra) -> torch.Tensor:
-        x = pos % st.width
-        if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
-            self._shift_rows(st)
-            if st.above_t is None:
-                st.row_base.copy_(st.bias.expand_as(st.row_base))
-            else:
-                b, w = x_t.shape[0], st.width
-                torch.addmm(st.bias, st.windows[-1].reshape(b * w, -1), st.above_t, out=st.row_base.view(b * w, -1))
-            if row_extra is not None:
-                st.row_base += row_extra
-        _put(st, st.slots[x], x_t)
-        return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
+    def _whole_rows(self, st: CausalConvState) -> torch.Tensor:
+        """The whole-row filter rows over every column: [B, W, O]."""
+        b, w = st.rows.shape[0], st.width
+        if st.by_conv:  # rows is NHWC: as NCHW it is a channels-last tensor, and so is the output
+            y = F.conv2d(st.rows[:, :st.row_windows.shape[2]].permute(0, 3, 1, 2), st.row_w, st.bias)
+            return y.permute(0, 2, 3, 1).reshape(b, w, -1)
+        return torch.addmm(st.bias, st.row_windows.reshape(b * w, -1), st.row_wt).view(b, w, -1)
 
 
 class WNDense(nn.Module):
@@ -293,13 +303,22 @@ class WNDense(nn.Module):
 
 @dataclass
 class AttentionState:
-    """Step state of :class:`CausalSelfAttention`: the weights and the K/V cache of every position so far."""
+    """Step state of :class:`CausalSelfAttention`: a key cache and, in place of a value cache, the inputs.
 
-    qkv: tuple[torch.Tensor, torch.Tensor]
-    out: tuple[torch.Tensor, torch.Tensor]
-    k: torch.Tensor  # [B, heads, L, dk]
-    v: torch.Tensor  # [B, heads, L, dv]
-    scale: float
+    Values are never cached: a query's softmax weights sum to 1, so sum_j p_j (x_j Wv_h + bv_h) =
+    (sum_j p_j x_j) Wv_h + bv_h, and Wv_h folds into the output projection: ``mix`` [heads*C, C] stacks
+    Wv_h^T Wout_h^T, ``mix_bias`` = bout + sum_h Wout_h bv_h. A position costs C cached numbers instead of
+    heads*dv (4x less memory traffic at the paper's sizes, where the cache outgrows the CPU's caches), and
+    reading the cache is one [heads, p] x [p, C] product per sample. The scale 1/sqrt(dk) is folded into Wq.
+    """
+
+    qk_t: torch.Tensor  # [C, heads*2dk]: per head [q_h * scale, k_h]
+    qk_bias: torch.Tensor
+    mix: torch.Tensor  # [heads*C, C]
+    mix_bias: torch.Tensor
+    out_bias: torch.Tensor  # position 0 attends to nothing: its output is the out projection's bias
+    keys_t: torch.Tensor  # [B, heads, dk, L] (transposed: the scores are one [1, dk] x [dk, p] product per head)
+    inputs: torch.Tensor  # [B, L, C]
 
 
 class CausalSelfAttention(nn.Module):
@@ -328,25 +347,32 @@ class CausalSelfAttention(nn.Module):
         return self.out(att.transpose(2, 3).reshape(n, self.heads * self.dv, h, w))
 
     def init_state(self, batch: int, length: int) -> AttentionState:
-        """Step state for ``length`` positions: a zero K/V cache."""
-        w = self.qkv.v
-        return AttentionState(self.qkv.step_params(), self.out.step_params(),
-                              w.new_zeros(batch, self.heads, length, self.dk),
-                              w.new_zeros(batch, self.heads, length, self.dv), 1.0 / math.sqrt(self.dk))
+        """Step state for ``length`` positions (empty caches) and the folded weights (see :class:`AttentionState`)."""
+        h, dk, dv = self.heads, self.dk, self.dv
+        (w_qkv, b_qkv), (w_out, b_out) = self.qkv.step_params(), self.out.step_params()
+        c = w_qkv.shape[1]
+        w3, b3 = w_qkv.view(h, 2 * dk + dv, c), b_qkv.view(h, 2 * dk + dv)
+        scale = torch.ones(2 * dk, dtype=w3.dtype, device=w3.device)
+        scale[:dk] = 1.0 / math.sqrt(dk)
+        w_o = w_out.view(c, h, dv)  # Wout_h = w_o[:, h]
+        mix = torch.einsum("hdc,ohd->hco", w3[:, 2 * dk:], w_o).reshape(h * c, c).contiguous()
+        mix_bias = b_out + torch.einsum("ohd,hd->o", w_o, b3[:, 2 * dk:])
+        qk_t = (w3[:, :2 * dk] * scale[:, None]).reshape(-1, c).t()
+        return AttentionState(qk_t, (b3[:, :2 * dk] * scale).reshape(-1), mix, mix_bias, b_out,
+                              w3.new_zeros(batch, h, dk, length), w3.new_zeros(batch, length, c))
 
     def step(self, state: AttentionState, x_t: torch.Tensor, pos: int) -> torch.Tensor:
         """x_t [B, C] at raster position ``pos`` -> [B, C]: attends to positions 0 .. pos-1 of the cache, then
-        stores its own key and value at ``pos`` (position 0 attends to nothing: out(0) = the out bias)."""
-        b = x_t.shape[0]
-        q, k, v = F.linear(x_t, *state.qkv).view(b, self.heads, -1).split([self.dk, self.dk, self.dv], dim=-1)
+        stores its own key and input at ``pos`` (position 0 attends to nothing: out(0) = the out bias)."""
+        st, b = state, x_t.shape[0]
+        qk = torch.addmm(st.qk_bias, x_t, st.qk_t).view(b, self.heads, 2 * self.dk)
+        st.keys_t[:, :, :, pos] = qk[:, :, self.dk:]
+        st.inputs[:, pos] = x_t
         if pos == 0:
-            att = x_t.new_zeros(b, self.heads * self.dv)
-        else:
-            att = F.scaled_dot_product_attention(q.unsqueeze(2), state.k[:, :, :pos], state.v[:, :, :pos],
-                                                 scale=state.scale).view(b, -1)
-        state.k[:, :, pos] = k
-        state.v[:, :, pos] = v
-        return F.linear(att, *state.out)
+            return st.out_bias.expand(b, -1)
+        scores = torch.matmul(qk[:, :, None, :self.dk], st.keys_t[:, :, :, :pos])  # [B, heads, 1, pos]
+        mixed = torch.matmul(torch.softmax(scores, dim=-1).view(b, self.heads, pos), st.inputs[:, :pos])
+        return torch.addmm(st.mix_bias, mixed.view(b, -1), st.mix)
 
 
 @dataclass
@@ -357,7 +383,6 @@ class GatedBlockState:
     conv1: CausalConvState
     conv2: CausalConvState
     aux: tuple[torch.Tensor, torch.Tensor] | None  # nin of a: (weight, bias)
-    h_proj: torch.Tensor | None  # [B, H, W, 2C]: nin(concat_elu(h)), channels-last
     attention: AttentionState | None
 
 
@@ -407,56 +432,43 @@ class GatedResBlock(nn.Module):
         return x + c3
 
     # ---------------------------------------------------------------------------------- step mode
-    def init_state(self, batch: int, height: int, width: int, *, h: torch.Tensor | None = None,
-                   h_proj: torch.Tensor | None = None) -> GatedBlockState:
-        """Step state on a ``height`` x ``width`` map (causal blocks only); ``h`` or ``h_proj`` ([B, 2C, H, W], as in
-        forward) when the block takes a condition. A "down" block steps a row at a time, a "down_right" block a
-        position at a time (attention only in the latter)."""
+    def init_state(self, batch: int, height: int, width: int) -> GatedBlockState:
+        """Step state on a ``height`` x ``width`` map (causal blocks only). A "down" block steps a row at a time, a
+        "down_right" block a position at a time (attention only in the latter)."""
         if self.conv1.padding == "same":
             raise ValueError("only causal ('down', 'down_right') gated blocks have a step mode")
         if self.training and self.dropout > 0:
             raise ValueError("step mode is for inference: call .eval() first (the block has dropout)")
         if self.attention is not None and self.conv1.padding == "down":
             raise ValueError("attention is stepped a position at a time: it needs a 'down_right' block")
-        hp = None
-        if self.cond is not None:
-            with torch.no_grad():
-                if h_proj is None:
-                    if h is None:
-                        raise ValueError("this block takes a condition h (or h_proj)")
-                    h_proj = self.cond(concat_elu(h))
-                if tuple(h_proj.shape) != (batch, 2 * self.channels, height, width):
-                    raise ValueError(f"h_proj must be [{batch}, {2 * self.channels}, {height}, {width}], "
-                                     f"got {tuple(h_proj.shape)}")
-                hp = h_proj.detach().permute(0, 2, 3, 1).contiguous()
         return GatedBlockState(
             width, self.conv1.init_state(batch, width, concat_elu=True),
             self.conv2.init_state(batch, width, concat_elu=True),
-            None if self.aux is None else self.aux.step_params(), hp,
+            None if self.aux is None else self.aux.step_params(),
             None if self.attention is None else self.attention.init_state(batch, height * width))
 
-    def step(self, state: GatedBlockState, x_t: torch.Tensor, pos: int, a: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, state: GatedBlockState, x_t: torch.Tensor, pos: int, a: torch.Tensor | None = None,
+             h_proj: torch.Tensor | None = None) -> torch.Tensor:
         """"down": x_t = input row ``pos`` [B, W, C] -> output row [B, W, C]. "down_right": x_t = input at raster
-        position ``pos`` [B, C] -> output there [B, C]. ``a``: the auxiliary input's row (this row) [B, W, C_a],
-        read once per row (at x = 0) by a "down_right" block."""
+        position ``pos`` [B, C] -> output there [B, C]. Per-row inputs, this row's [B, W, ...] (a "down_right"
+        block reads them when a row starts, x = 0): ``a`` the auxiliary input, ``h_proj`` the condition's
+        projection nin(concat_elu(h)) (see ``forward``)."""
         st = state
+        if self.cond is not None and h_proj is None:
+            raise ValueError("this block takes a condition: pass h_proj, its projection at this row")
         if self.conv1.padding == "down":
             c1 = self.conv1.step(st.conv1, x_t, pos)
             if st.aux is not None:
                 c1 = c1 + F.linear(concat_elu_last(a), *st.aux)
             c2 = self.conv2.step(st.conv2, c1, pos)
-            if st.h_proj is not None:
-                c2 = c2 + st.h_proj[:, pos]
+            if self.cond is not None:
+                c2 = c2 + h_proj
         else:
-            y, x = divmod(pos, st.width)
-            aux_row = h_row = None
-            if x == 0:  # what is known for the whole row goes into the convs' row base once
-                if st.aux is not None:
-                    aux_row = F.linear(concat_elu_last(a), *st.aux)
-                if st.h_proj is not None:
-                    h_row = st.h_proj[:, y]
+            aux_row = None
+            if st.aux is not None and pos % st.width == 0:  # known for the whole row: into conv1's row base
+                aux_row = F.linear(concat_elu_last(a), *st.aux)
             c1 = self.conv1.step(st.conv1, x_t, pos, row_extra=aux_row)
-            c2 = self.conv2.step(st.conv2, c1, pos, row_extra=h_row)
+            c2 = self.conv2.step(st.conv2, c1, pos, row_extra=h_proj if self.cond is not None else None)
         c3 = F.glu(c2, dim=-1)  # first half * sigmoid(second half)
         if st.attention is not None:
             c3 = c3 + self.attention.step(st.attention, c3, pos)

@@ -15,7 +15,7 @@ from torch import nn
 
 from pyinpaint.config import StructureConfig
 from pyinpaint.models.layers import (CausalConvState, GatedBlockState, GatedResBlock, WNConv2d, WNDense, concat_elu,
-                                     down_shift, right_shift)
+                                     concat_elu_last, down_shift, right_shift)
 
 # dilation of the first conv of each of the 10 gated blocks at the condition network's bottom
 _COND_RATES = (1, 1, 1, 2, 4, 8, 16, 1, 1, 1)
@@ -57,6 +57,13 @@ class PixelCNNState:
     ul_in_up: CausalConvState
     ul_in_left: CausalConvState
     blocks: list[GatedBlockState]
+    # the condition: concat_elu(h) channels-last [B, H, W, 2 C_h], projected a row at a time by all the blocks' nins
+    # stacked (cond_wt [2 C_h, blocks * 2C], cond_b), or the caller's projections h_proj (a list of NCHW maps)
+    hc: torch.Tensor | None
+    cond_wt: torch.Tensor | None
+    cond_b: torch.Tensor | None
+    h_proj: list[torch.Tensor] | None
+    h_rows: list[torch.Tensor]  # per block, its condition projection at the current row [B, W, 2C]
     u_rows: list[torch.Tensor | None]  # the u stream at the current row, per block (u blocks only)
     ul_up: torch.Tensor  # [B, W, C] down_shift(ul_in_up(x)) at the current row
     ul_left: torch.Tensor | None  # [B, C] ul_in_left(x) at the previous position (right_shift)
@@ -115,24 +122,33 @@ class PixelCNN(nn.Module):
     # ---------------------------------------------------------------------------------- step mode
     def init_state(self, batch: int, height: int, width: int | None = None, *, h: torch.Tensor | None = None,
                    h_proj: list[torch.Tensor] | None = None) -> PixelCNNState:
-        """Step state for sampling a ``height`` x ``width`` map (square by default) for ``batch`` rows of h:
-        weights normalised once, h projected once, every cache allocated here. Needs eval mode (dropout)."""
+        """Step state for sampling a ``height`` x ``width`` map (square by default) for ``batch`` rows of the condition
+        ``h`` [B, C_h, H, W] (or its projections ``h_proj``, as in forward): weights normalised once, every cache
+        allocated here. The projections of h are made a row at a time (so they are never all held). Eval mode."""
         width = height if width is None else width
+        w = self.logits.v
+        hc = cond_wt = cond_b = None
         if h_proj is None:
             if h is None:
                 raise ValueError("the PixelCNN needs the condition h (or its projections h_proj)")
+            if tuple(h.shape) != (batch, self.blocks[0].cond.in_ch // 2, height, width):
+                raise ValueError(f"h must be [{batch}, {self.blocks[0].cond.in_ch // 2}, {height}, {width}], "
+                                 f"got {tuple(h.shape)}")
             with torch.no_grad():
-                h_proj = self.condition_projections(h)
-        w = self.logits.v
-        c = self.u_in.out_ch
+                hc = concat_elu_last(h.detach().permute(0, 2, 3, 1))
+                weights, biases = zip(*(blk.cond.step_params() for blk in self.blocks))
+                cond_wt, cond_b = torch.cat(weights).t(), torch.cat(biases)
+        elif len(h_proj) != len(self.blocks):
+            raise ValueError(f"h_proj must hold one projection per block ({len(self.blocks)}), got {len(h_proj)}")
         x = w.new_zeros(batch, height, width, self.u_in.in_ch)
         x[..., -1] = 1.0  # embed_input's ones channel (the padding around the map has none)
         return PixelCNNState(
             height, width, x,
             self.u_in.init_state(batch, width), self.ul_in_up.init_state(batch, width),
             self.ul_in_left.init_state(batch, width),
-            [blk.init_state(batch, height, width, h_proj=hp) for blk, hp in zip(self.blocks, h_proj)],
-            [None] * len(self.blocks), w.new_zeros(batch, width, c), None,
+            [blk.init_state(batch, height, width) for blk in self.blocks],
+            hc, cond_wt, cond_b, None if h_proj is None else [p.detach() for p in h_proj], [],
+            [None] * len(self.blocks), w.new_zeros(batch, width, self.u_in.out_ch), None,
             [nin.step_params() for nin in self.out], self.logits.step_params())
 
     def step(self, state: PixelCNNState, e_prev: torch.Tensor | None, pos: int) -> torch.Tensor:
@@ -149,13 +165,19 @@ class PixelCNN(nn.Module):
             self._start_row(st, y)
         ul = st.ul_up[:, x] if x == 0 else st.ul_up[:, x] + st.ul_left
         for i in range(1, len(self.blocks), 2):
-            ul = self.blocks[i].step(st.blocks[i], ul, pos, a=st.u_rows[i - 1])
+            ul = self.blocks[i].step(st.blocks[i], ul, pos, a=st.u_rows[i - 1], h_proj=st.h_rows[i])
         for w, b in st.out:
             ul = ul + F.linear(F.elu(ul), w, b)
         return F.linear(F.elu(ul), *st.logits)
 
     def _start_row(self, st: PixelCNNState, y: int) -> None:
-        """Row y of the u stream (and of down_shift(ul_in_up)) from the input rows above it."""
+        """Row y of the condition projections, of the u stream and of down_shift(ul_in_up), from the rows above."""
+        b, w = st.x.shape[0], st.width
+        if st.h_proj is not None:
+            st.h_rows = [p[:, :, y].transpose(1, 2) for p in st.h_proj]
+        else:  # all the blocks' nins at once: one GEMM per row
+            st.h_rows = torch.addmm(st.cond_b, st.hc[:, y].reshape(b * w, -1), st.cond_wt).view(b, w, -1).split(
+                2 * self.u_in.out_ch, dim=-1)
         if y == 0:  # down_shift: row 0 sees only the zero padding
             u = torch.zeros_like(st.ul_up)
         else:
@@ -163,7 +185,7 @@ class PixelCNN(nn.Module):
             u = self.u_in.step(st.u_in, row, y - 1)  # down_shift: u_in's row y-1 is u's row y
             st.ul_up = self.ul_in_up.step(st.ul_in_up, row, y - 1)
         for i in range(0, len(self.blocks), 2):
-            u = self.blocks[i].step(st.blocks[i], u, y)
+            u = self.blocks[i].step(st.blocks[i], u, y, h_proj=st.h_rows[i])
             st.u_rows[i] = u
 
 
