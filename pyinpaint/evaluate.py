@@ -75,7 +75,7 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
     from pyinpaint import io
     from pyinpaint.data import load_image, load_mask, make_mask_source, preprocess, MASK_SPECS
     from pyinpaint.runs import load_structure
-    from pyinpaint.sampler import sample_naive
+    from pyinpaint.sampler import sample_cached
 
     model, vqvae = load_structure(run, device)
     size, k = model.cfg.image_size, model.cfg.num_embeddings
@@ -88,7 +88,7 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
     with torch.no_grad():
         masked = x * (1 - m)
         h = model.condition(masked, m)
-        sampled = sample_naive(model.pixelcnn, h, vqvae.encoder.vq_t.embedding, seed=seed, entropy=True)
+        sampled = sample_cached(model.pixelcnn, h, vqvae.encoder.vq_t.embedding, seed=seed, entropy=True)
         cfg = vqvae.cfg
         zeros_b = torch.zeros(1, cfg.embedding_dim, cfg.bottom_size, cfg.bottom_size, device=device)
         structure = vqvae.decode(sampled.embeddings, zeros_b).clamp(-1, 1)

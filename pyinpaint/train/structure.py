@@ -23,7 +23,7 @@ from pyinpaint.config import StructureConfig
 from pyinpaint.data import MaskSource
 from pyinpaint.models.structure import StructureGenerator
 from pyinpaint.models.vqvae import VQVAE
-from pyinpaint.sampler import sample_naive
+from pyinpaint.sampler import sample_cached
 
 
 def official_lr(step: int, base: float = 0.18, channels: int = 128, warmup: int = 16000) -> float:
@@ -98,7 +98,7 @@ class StructureTask:
         masked = x * (1 - m)
         e_true, _ = self.targets(x)
         h = model.condition(masked, m)
-        sampled = sample_naive(model.pixelcnn, h, self.vqvae.encoder.vq_t.embedding, seed=0)
+        sampled = sample_cached(model.pixelcnn, h, self.vqvae.encoder.vq_t.embedding, seed=0)
         zeros_b = torch.zeros(x.shape[0], self.vqvae.cfg.embedding_dim, self.vqvae.cfg.bottom_size,
                               self.vqvae.cfg.bottom_size, device=x.device)
         gen = self.vqvae.decode(sampled.embeddings, zeros_b).clamp(-1, 1)
