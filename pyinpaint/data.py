@@ -744,6 +744,10 @@ class MaskSource:
             return stroke_mask(self.size, rng)
         return random_mask(self.size, rng, self.max_delta)
 
+    def batch(self, start: int, n: int, epoch: int = 0, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Masks ``start .. start + n - 1`` stacked: ``n x 1 x H x W`` on ``device``."""
+        return torch.stack([self.sample(start + i, epoch) for i in range(n)]).to(device)
+
     def __repr__(self) -> str:
         what = {"folder": f", folder={self.folder!r}", "file": f", file='{self.file}'"}
         what = what.get(self.kind, "")

@@ -12,23 +12,31 @@ from pyinpaint.runs import load_vqvae
 from pyinpaint.train.vqvae import evaluate_reconstruction
 
 
+def _image_batches(data, size: int, recipe: str, limit: int | None, batch_size: int, workers: int, device,
+                   desc: str, progress: bool):
+    """(number of images, iterator of batches on ``device``) of a folder under an evaluation recipe."""
+    from tqdm.auto import tqdm
+
+    dataset = ImageFolder(data, size=size, recipe=recipe)
+    if limit is not None:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    batches = (x.to(device) for x in tqdm(loader, total=math.ceil(len(dataset) / batch_size), desc=desc,
+                                          disable=not progress))
+    return len(dataset), batches
+
+
 def eval_vqvae(run: str | Path, data: str | Path, *, batch_size: int = 16, limit: int | None = None,
                recipe: str = "resize", device: str | torch.device = "cpu", workers: int = 0,
                progress: bool = True) -> dict[str, float]:
     """Reconstruction MSE ([-1, 1] scale, the paper's Table 3 measure) and codebook usage of a VQ-VAE run
     on the images of ``data`` (official evaluation preprocessing: resize to the model size)."""
-    from tqdm.auto import tqdm
-
     model = load_vqvae(run, device)
-    dataset = ImageFolder(data, size=model.cfg.image_size, recipe=recipe)
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    batches = (x.to(device) for x in tqdm(loader, total=math.ceil(len(dataset) / batch_size),
-                                          desc="eval vqvae", disable=not progress))
+    n, batches = _image_batches(data, model.cfg.image_size, recipe, limit, batch_size, workers, device,
+                                "eval vqvae", progress)
     with torch.no_grad():
         metrics = evaluate_reconstruction(model, batches)
-    return {"images": len(dataset), **metrics}
+    return {"images": n, **metrics}
 
 
 def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol", seed: int = 0,
@@ -36,23 +44,16 @@ def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol"
                    workers: int = 0, progress: bool = True) -> dict[str, float]:
     """NLL of the true top codes in bits/dim (the paper's Table 3 measure) of a structure run, EMA weights,
     images resized to the model size, masks drawn from ``masks`` by image number."""
-    from tqdm.auto import tqdm
-
     from pyinpaint.data import make_mask_source
     from pyinpaint.runs import load_structure
     from pyinpaint.train.structure import evaluate_nll
 
     model, vqvae = load_structure(run, device)
     size = model.cfg.image_size
-    dataset = ImageFolder(data, size=size, recipe="resize")
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    batches = (x.to(device) for x in tqdm(loader, total=math.ceil(len(dataset) / batch_size),
-                                          desc="eval structure", disable=not progress))
+    n, batches = _image_batches(data, size, "resize", limit, batch_size, workers, device, "eval structure", progress)
     with torch.no_grad():
         metrics = evaluate_nll(model, vqvae, batches, make_mask_source(masks, size, seed=seed))
-    return {"images": len(dataset), **metrics}
+    return {"images": n, **metrics}
 
 
 def _heat(values: torch.Tensor, vmax: float) -> torch.Tensor:

@@ -32,10 +32,6 @@ def official_lr(step: int, base: float = 0.18, channels: int = 128, warmup: int 
     return base * channels ** -0.5 * min(t ** -0.35, t * warmup ** -1.5)
 
 
-def _masks(source: MaskSource, start: int, n: int, device) -> torch.Tensor:
-    return torch.stack([source.sample(start + i) for i in range(n)]).to(device)
-
-
 def bits_per_dim(ce_sum: torch.Tensor | float, positions: int) -> float:
     return float(ce_sum) / (math.log(2.0) * positions)
 
@@ -76,7 +72,7 @@ class StructureTask:
         lr = self.lr(step)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        m = _masks(self.masks, step * x.shape[0], x.shape[0], x.device)
+        m = self.masks.batch(step * x.shape[0], x.shape[0], device=x.device)
         e, idx = self.targets(x)
         logits = self.model(x * (1 - m), m, e)
         loss = F.cross_entropy(logits, idx, reduction="sum")
@@ -94,7 +90,7 @@ class StructureTask:
         """Rows of (image, masked image, decoded sampled structure, decoded true structure); as the official
         ``structure_visual``, structures are decoded with a zero bottom map."""
         model.eval()
-        m = _masks(self.val_masks, 0, x.shape[0], x.device)
+        m = self.val_masks.batch(0, x.shape[0], device=x.device)
         masked = x * (1 - m)
         e_true, _ = self.targets(x)
         h = model.condition(masked, m)
@@ -113,7 +109,7 @@ def evaluate_nll(model: StructureGenerator, vqvae: VQVAE, batches: Iterable[torc
     model.eval()
     ce_sum, positions, count = 0.0, 0, 0
     for x in batches:
-        m = _masks(masks, count, x.shape[0], x.device)
+        m = masks.batch(count, x.shape[0], device=x.device)
         enc = vqvae.encode(x, update_codebooks=False)
         logits = model(x * (1 - m), m, enc.quant_t)
         ce_sum += float(F.cross_entropy(logits, enc.idx_t, reduction="sum"))

@@ -25,10 +25,6 @@ from pyinpaint.models.texture import Discriminator, TextureGenerator, complete, 
 from pyinpaint.models.vqvae import VQVAE
 
 
-def _masks(source: MaskSource, start: int, n: int, device) -> torch.Tensor:
-    return torch.stack([source.sample(start + i) for i in range(n)]).to(device)
-
-
 class TextureGAN(nn.Module):
     """The trained pair: ``generator`` (kept for inference) and ``discriminator`` (for training, ranking)."""
 
@@ -66,7 +62,7 @@ class TextureTask:
     def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
         g, d = self.model.generator, self.model.discriminator
         self.model.train()
-        m = _masks(self.masks, step * x.shape[0], x.shape[0], x.device)
+        m = self.masks.batch(step * x.shape[0], x.shape[0], device=x.device)
         masked = x * (1 - m)
         with torch.no_grad():
             gt = self.vqvae.encode(x, update_codebooks=False)
@@ -102,7 +98,7 @@ class TextureTask:
     def visualize(self, model: TextureGAN, x: torch.Tensor):
         """Rows of (masked image, decoded true structure, completion, image), as the official texture_visual."""
         model.eval()
-        m = _masks(self.val_masks, 0, x.shape[0], x.device)
+        m = self.val_masks.batch(0, x.shape[0], device=x.device)
         masked = x * (1 - m)
         gt = self.vqvae.encode(x, update_codebooks=False)
         comp = complete(model.generator(masked, m, gt.quant_t), masked, m).clamp(-1, 1)
@@ -118,7 +114,7 @@ def evaluate_texture(model: TextureGAN, vqvae: VQVAE, batches: Iterable[torch.Te
     l1_sum = hole_abs = hole_sq = hole_n = 0.0
     n_values = count = 0
     for x in batches:
-        m = _masks(masks, count, x.shape[0], x.device)
+        m = masks.batch(count, x.shape[0], device=x.device)
         masked = x * (1 - m)
         gt = vqvae.encode(x, update_codebooks=False)
         out = model.generator(masked, m, gt.quant_t)
