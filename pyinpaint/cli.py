@@ -110,6 +110,44 @@ def build_parser() -> argparse.ArgumentParser:
     evs.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evs.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    evi = esub.add_parser("inpaint", help="inpainting quality of a model against classical baselines",
+                          description="Fill each (image, mask) case n times and score the fills inside the hole "
+                                      "against the original: PSNR, SSIM and L1 of the best of n and the mean over "
+                                      "n, diversity (mean pairwise L1 of the n fills), time per case; OpenCV's "
+                                      "Telea and Navier-Stokes inpainting and a mean-colour fill on the same cases. "
+                                      "Prints a table per mask block (NVIDIA hole-size blocks for NVIDIA-numbered "
+                                      "mask files) and writes results.csv, summary.csv and best_worst.png "
+                                      "(rows: the 4 cases where the model beats Telea most, then the 4 where it "
+                                      "does worst; columns: original, masked, best of n, two samples, baselines).")
+    evi.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
+    evi.add_argument("--images", required=True, help="folder of ground-truth images")
+    evi.add_argument("--masks", action="append", required=True,
+                     help="center, random, protocol, box, stroke, or a folder of mask files (nonzero = hole); "
+                          "repeat for several (e.g. --masks center --masks ../shared/data/masks/nvidia-irregular-256)")
+    evi.add_argument("-n", type=int, default=10, help="samples per case (default 10)")
+    evi.add_argument("--limit", type=int, default=100, help="first N images of the folder (default 100)")
+    evi.add_argument("--per-block", type=int, default=50,
+                     help="masks drawn (seeded) from each block of a mask folder (default 50)")
+    evi.add_argument("--size", type=int, default=256, help="evaluation size: images are resized to it (default 256)")
+    evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
+    evi.add_argument("--baselines", default="telea,ns,mean",
+                     help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
+    evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
+    evi.add_argument("--device", default="auto")
+    evi.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    de = sub.add_parser("demo", help="inpaint a face that ships with scikit-image: no files needed",
+                        description="Fill a generated hole in the astronaut portrait of scikit-image (Eileen Collins, "
+                                    "public domain) n times with the default model (or --model) and write a grid: "
+                                    "original, masked, the n completions.")
+    de.add_argument("-o", "--out", default="pyinpaint-demo.png", help="output PNG (default pyinpaint-demo.png)")
+    de.add_argument("-n", type=int, default=6, help="number of completions (default 6)")
+    de.add_argument("--mask", default="center",
+                    help="center (default), box, stroke, random, or a mask file for the 256x256 face")
+    de.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
+    de.add_argument("--seed", type=int, default=0, help="seed of the samples and of a generated mask (default 0)")
+    de.add_argument("--device", default="auto")
+
     sa = sub.add_parser("sample", help="inpaint an image: n diverse completions of a hole",
                         description="Fill the hole MASK (nonzero = fill) of IMAGE n times with a trained model; writes "
                                     "the n results as PNGs at the input's size and a grid (input, masked input, results).")
@@ -117,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("mask", help="mask file of the same size: nonzero / white = the hole to fill")
     sa.add_argument("-n", type=int, default=10, help="number of completions (default 10), drawn as one batch")
     sa.add_argument("-o", "--out", required=True, help="output folder (created)")
-    sa.add_argument("--model", required=True, help="model directory (from 'pyinpaint export' or 'convert-official')")
+    sa.add_argument("--model", help="model directory (from 'pyinpaint export' or 'convert-official'; default: the "
+                                    "faces model shipped with pyinpaint)")
     sa.add_argument("--seed", type=int, help="seed: the same seed gives the same images (default: a fresh one, printed)")
     sa.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1 = official)")
     sa.add_argument("--top-k", type=int, help="sample among the k likeliest codes only (default: all = official)")
@@ -286,7 +325,9 @@ def _sample(a: argparse.Namespace) -> int:
     from pyinpaint.inpainter import Inpainter
     from pyinpaint.train.loop import resolve_device
 
-    inp = Inpainter.load(a.model, device=resolve_device(a.device))
+    from pyinpaint.inpainter import default_model
+
+    inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
     mask = load_mask(a.mask, invert=True)[0].numpy() if a.invert_mask else a.mask
     bar = tqdm(desc="sampling structures", unit="pos", disable=a.quiet, dynamic_ncols=True)
 
@@ -311,7 +352,6 @@ def _sample(a: argparse.Namespace) -> int:
 
 def _sample_grid(res):
     """One row: input, masked input (hole grey), results; thumbnails at most 256 px high."""
-    import numpy as np
     from PIL import Image
 
     first = res.images[0]
@@ -368,13 +408,68 @@ def _eval_vqvae(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_inpaint(a: argparse.Namespace) -> int:
+    from pyinpaint.evaluate import eval_inpaint, format_summary
+    from pyinpaint.train.loop import resolve_device
+
+    baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
+    res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
+                       seed=a.seed, baselines=baselines, out=a.out, device=resolve_device(a.device),
+                       progress=not a.quiet)
+    print(f"model {res['model']}: {res['cases']} cases, n={a.n}")
+    print(format_summary(res["summary"], a.n))
+    if a.out:
+        print(f"wrote results.csv, summary.csv and best_worst.png to {a.out}")
+    return 0
+
+
+DEMO_CROP = (25, 120, 210)  # top, left, side of the face in skimage.data.astronaut() (512 x 512)
+
+
+def demo_image():
+    """The face of scikit-image's astronaut (public domain), 256 x 256 uint8."""
+    from PIL import Image
+
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise RuntimeError("the demo image comes with scikit-image: pip install scikit-image") from e
+    top, left, side = DEMO_CROP
+    face = Image.fromarray(data.astronaut()[top:top + side, left:left + side])
+    return face.resize((256, 256), Image.Resampling.BICUBIC)
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from pyinpaint import io
+    from pyinpaint.data import MASK_SPECS, load_mask, make_mask_source
+    from pyinpaint.inpainter import Inpainter, default_model
+    from pyinpaint.train.loop import resolve_device
+
+    if a.n < 1:
+        raise ValueError(f"-n must be at least 1 (got {a.n})")
+    image = demo_image()
+    if a.mask in MASK_SPECS:
+        hole = make_mask_source(a.mask, 256, seed=a.seed).sample(0)[0].numpy() > 0
+    else:
+        hole = load_mask(a.mask, 256)[0].numpy() > 0
+    t0 = time.perf_counter()
+    inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
+    res = inp.inpaint(image, hole, a.n, seed=a.seed)
+    seconds = time.perf_counter() - t0
+    io.save_image(a.out, _sample_grid(res))
+    print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "
+          f"{seconds:.1f} s including loading, seed {res.seed})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae,
                 ("train", "structure"): _train_structure, ("eval", "structure"): _eval_structure,
                 ("train", "texture"): _train_texture,
                 ("entropy", None): _entropy, ("sample", None): _sample, ("export", None): _export,
-                ("convert-official", None): _convert_official}
+                ("convert-official", None): _convert_official, ("eval", "inpaint"): _eval_inpaint,
+                ("demo", None): _demo}
     try:
         return handlers[(a.command, getattr(a, "stage", None))](a)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:

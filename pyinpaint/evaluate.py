@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,3 +102,262 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
     return {"mean_bits": float(ent[hole].mean()) if hole.any() else float("nan"),
             "mean_bits_known": float(ent[~hole].mean()) if (~hole).any() else float("nan"),
             "max_bits": float(ent.max()), "log2_k": vmax}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inpainting quality of a whole model (`pyinpaint eval inpaint`)
+#
+# A case is one image with one mask. The model fills it n times; each fill is scored inside the hole against the
+# original (PSNR, SSIM, L1: the best of n and the mean over n), the n fills' diversity is their mean pairwise L1 in
+# the hole, and the baselines (OpenCV's Telea and Navier-Stokes, a mean-colour fill) are scored on the same cases.
+# Metrics are computed at the evaluation size on uint8 images, [0, 255] for PSNR and SSIM, [0, 1] for L1.
+BASELINES = ("telea", "ns", "mean")
+NVIDIA_BLOCKS = ("01-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%")  # 2,000 files each, by file number
+METRICS = ("psnr", "ssim", "l1")
+
+
+def nvidia_block(path: str | Path) -> str | None:
+    """The hole-size block of a mask of the NVIDIA irregular test set (files 00000-11999), or None."""
+    stem = Path(path).stem
+    if len(stem) == 5 and stem.isdigit() and int(stem) < 12000:
+        return NVIDIA_BLOCKS[int(stem) // 2000]
+    return None
+
+
+def baseline_fill(name: str, image, hole, *, radius: int = 3):
+    """``image`` (H x W x 3 uint8) with ``hole`` (H x W bool) filled by a classical method: "telea" / "ns"
+    (OpenCV's ``cv2.inpaint``, fast marching / Navier-Stokes, ``radius`` px) or "mean" (the known pixels' mean)."""
+    import numpy as np
+
+    if name == "mean":
+        out = image.copy()
+        known = image[~hole]
+        out[hole] = np.round(known.mean(0)).astype(np.uint8) if len(known) else 128
+        return out
+    if name not in ("telea", "ns"):
+        raise ValueError(f"unknown baseline {name!r}: expected one of {', '.join(BASELINES)}")
+    try:
+        import cv2
+    except ImportError as e:
+        raise RuntimeError("the Telea and Navier-Stokes baselines need OpenCV: pip install opencv-python-headless "
+                           "(or pip install 'pyinpaint[eval]')") from e
+    flag = cv2.INPAINT_TELEA if name == "telea" else cv2.INPAINT_NS
+    return cv2.inpaint(np.ascontiguousarray(image), hole.astype(np.uint8) * 255, radius, flag)
+
+
+def hole_metrics(pred, target, hole) -> dict[str, float]:
+    """PSNR (dB, peak 255), SSIM (scikit-image's 7x7 window, averaged over the hole's pixels) and L1 ([0, 1] scale)
+    of ``pred`` against ``target`` (H x W x 3 uint8) inside ``hole`` (H x W bool, not empty)."""
+    import numpy as np
+
+    try:
+        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    except ImportError as e:
+        raise RuntimeError("eval inpaint needs scikit-image: pip install scikit-image (or 'pyinpaint[eval]')") from e
+    p, t = pred[hole], target[hole]
+    with np.errstate(divide="ignore"):
+        psnr = float(peak_signal_noise_ratio(t, p, data_range=255)) if not np.array_equal(p, t) else float("inf")
+    ssim_map = structural_similarity(target, pred, channel_axis=2, data_range=255, full=True)[1]
+    l1 = float(np.abs(p.astype(np.float64) - t.astype(np.float64)).mean() / 255.0)
+    return {"psnr": psnr, "ssim": float(ssim_map[hole].mean()), "l1": l1}
+
+
+def pairwise_l1(fills, hole) -> float:
+    """Mean L1 ([0, 1] scale) inside ``hole`` over all pairs of ``fills`` (a list of H x W x 3 uint8 arrays)."""
+    import itertools
+
+    import numpy as np
+
+    if len(fills) < 2:
+        return 0.0
+    vals = [f[hole].astype(np.float64) for f in fills]
+    return float(np.mean([np.abs(a - b).mean() for a, b in itertools.combinations(vals, 2)]) / 255.0)
+
+
+def summarize(per_sample: list[dict[str, float]]) -> dict[str, float]:
+    """Best of n (max PSNR, max SSIM, min L1, each on its own) and mean over n of each metric."""
+    import numpy as np
+
+    out = {}
+    for m in METRICS:
+        vals = np.array([s[m] for s in per_sample], dtype=np.float64)
+        out[f"{m}_best"] = float(vals.min() if m == "l1" else vals.max())
+        out[f"{m}_mean"] = float(vals.mean())
+    return out
+
+
+@dataclass
+class Case:
+    """One image with one mask."""
+
+    image: Path
+    mask: str  # file name, or the generator's name and index
+    block: str  # NVIDIA hole-size block, or the mask kind
+    hole: "numpy.ndarray"  # size x size bool
+
+
+def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed: int) -> list[Case]:
+    """Cases for each mask spec: "center" (every image), a generator name (random, protocol, box, stroke: mask i
+    for image i), or a folder of mask files (NVIDIA-numbered files: a seeded subset of ``per_block`` per
+    hole-size block, else ``per_block`` seeded files in one block "folder"); case j of a block takes image
+    j mod len(images)."""
+    import numpy as np
+
+    from pyinpaint.data import MASK_EXTENSIONS, MASK_SPECS, list_images, load_mask, make_mask_source
+
+    cases: list[Case] = []
+    for spec in masks:
+        if spec in MASK_SPECS:
+            src = make_mask_source(spec, size, seed=seed)
+            cases += [Case(img, f"{spec}-{i}", spec, src.sample(i)[0].numpy() > 0) for i, img in enumerate(images)]
+            continue
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"--masks {spec!r}: expected center, random, protocol, box, stroke or a folder of masks")
+        files = list_images(folder, MASK_EXTENSIONS)
+        blocks: dict[str, list[Path]] = {}
+        for f in files:
+            blocks.setdefault(nvidia_block(f) or "folder", []).append(f)
+        rng = np.random.default_rng(seed)
+        for name in sorted(blocks):
+            chosen = sorted(rng.choice(len(blocks[name]), min(per_block, len(blocks[name])), replace=False))
+            for j, idx in enumerate(chosen):
+                f = blocks[name][idx]
+                cases.append(Case(images[j % len(images)], f.name, name, load_mask(f, size)[0].numpy() > 0))
+    return cases
+
+
+def _load_eval_image(path: Path, size: int):
+    """The ground truth of a case: the image resized to ``size`` (the evaluation recipe), as H x W x 3 uint8."""
+    import numpy as np
+
+    from pyinpaint.data import load_image, preprocess
+
+    x = preprocess(load_image(path), size, "resize")
+    return np.round((x.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
+                 limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
+                 out: str | Path | None = None, device: str | torch.device = "cpu",
+                 progress: bool = True) -> dict:
+    """Evaluate a model (None: the default model) on ``images`` (the first ``limit`` of the folder, resized to
+    ``size``) with each of ``masks`` (see :func:`_cases`). Returns {"rows": one dict per (case, method),
+    "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png."""
+    import time
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from pyinpaint.data import list_images
+    from pyinpaint.inpainter import get_inpainter
+
+    if n < 1:
+        raise ValueError(f"n must be at least 1 (got {n})")
+    for b in baselines:
+        if b not in BASELINES:
+            raise ValueError(f"unknown baseline {b!r}: expected some of {', '.join(BASELINES)}")
+    paths = list_images(images)[:limit]
+    if not paths:
+        raise ValueError(f"no images in {images}")
+    inp = get_inpainter(model, device)
+    cases = _cases(paths, list(masks), size, per_block, seed)
+    rows: list[dict] = []
+    shown: list[tuple[int, Case, "np.ndarray", dict]] = []  # for the picture: (case, ground truth, fills by method)
+    truth_cache: dict[Path, np.ndarray] = {}
+    for i, case in enumerate(tqdm(cases, desc="eval inpaint", disable=not progress)):
+        if case.image not in truth_cache:
+            truth_cache = {case.image: _load_eval_image(case.image, size)}  # cases come grouped by block, not image
+        truth = truth_cache[case.image]
+        if not case.hole.any():
+            continue
+        base = {"case": i, "image": case.image.name, "mask": case.mask, "block": case.block,
+                "hole_pct": round(100.0 * float(case.hole.mean()), 2)}
+        t0 = time.perf_counter()
+        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i)]
+        seconds = time.perf_counter() - t0
+        scores = [hole_metrics(f, truth, case.hole) for f in fills]
+        rows.append({**base, "method": "pyinpaint", **summarize(scores),
+                     "diversity": pairwise_l1(fills, case.hole), "seconds": seconds})
+        best = fills[int(np.argmax([s["psnr"] for s in scores]))]
+        by_method = {"pyinpaint": best, "pyinpaint 2": fills[0], "pyinpaint 3": fills[min(1, n - 1)]}
+        for b in baselines:
+            t0 = time.perf_counter()
+            fill = baseline_fill(b, truth, case.hole)
+            seconds = time.perf_counter() - t0
+            rows.append({**base, "method": b, **summarize([hole_metrics(fill, truth, case.hole)]),
+                         "diversity": 0.0, "seconds": seconds})
+            by_method[b] = fill
+        shown.append((i, case, truth, by_method))
+    summary = summarize_rows(rows)
+    if out is not None:
+        _write_eval(Path(out), rows, summary, shown)
+    return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory")}
+
+
+def summarize_rows(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """{block: {method: mean of each metric, "cases": count}}, plus the block "all"."""
+    import numpy as np
+
+    cols = [f"{m}_{k}" for m in METRICS for k in ("best", "mean")] + ["diversity", "seconds"]
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        for block in (r["block"], "all"):
+            groups.setdefault(block, {}).setdefault(r["method"], []).append(r)
+    return {block: {method: {"cases": len(rs), **{c: float(np.mean([r[c] for r in rs])) for c in cols}}
+                    for method, rs in methods.items()}
+            for block, methods in groups.items()}
+
+
+def format_summary(summary: dict, n: int) -> str:
+    """The table printed by `pyinpaint eval inpaint`: one line per (block, method)."""
+    lines = [f"{'block':<9} {'method':<10} {'cases':>5}  {'PSNR best':>9} {'mean':>6}  {'SSIM best':>9} {'mean':>6}  "
+             f"{'L1 best':>7} {'mean':>6}  {'divers.':>7} {'s/case':>7}",
+             f"(best = best of n={n} samples for pyinpaint; baselines give one fill; PSNR dB, L1 [0,1], in the hole)"]
+    for block in sorted(summary, key=lambda b: (b == "all", b)):
+        methods = summary[block]
+        for method in sorted(methods, key=lambda m: (m != "pyinpaint", m)):
+            s = methods[method]
+            lines.append(f"{block:<9} {method:<10} {s['cases']:>5}  {s['psnr_best']:>9.2f} {s['psnr_mean']:>6.2f}  "
+                         f"{s['ssim_best']:>9.3f} {s['ssim_mean']:>6.3f}  {s['l1_best']:>7.4f} {s['l1_mean']:>6.4f}  "
+                         f"{s['diversity']:>7.4f} {s['seconds']:>7.3f}")
+        if "pyinpaint" in methods and "telea" in methods:
+            d = methods["pyinpaint"]["psnr_best"] - methods["telea"]["psnr_best"]
+            lines.append(f"{block:<9} best-of-{n} PSNR minus Telea: {d:+.2f} dB")
+    return "\n".join(lines)
+
+
+def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list) -> None:
+    import csv
+    import io as _io
+
+    import numpy as np
+    import torch as _torch
+
+    from pyinpaint import io
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(path: Path, records: list[dict]) -> None:
+        buf = _io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["case"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        io.atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+    write_csv(out / "results.csv", rows)
+    write_csv(out / "summary.csv", [{"block": b, "method": m, **s} for b, ms in summary.items() for m, s in ms.items()])
+    if not shown:
+        return
+    # the 4 best and 4 worst cases by how far pyinpaint's best-of-n PSNR is above Telea's (else its own PSNR)
+    psnr = {(r["case"], r["method"]): r["psnr_best"] for r in rows}
+    ref = next((b for b in BASELINES if any(k[1] == b for k in psnr)), None)
+    order = sorted(shown, key=lambda s: psnr[(s[0], "pyinpaint")] - (psnr[(s[0], ref)] if ref else 0.0))
+    picks = order[-4:][::-1] + order[:4] if len(order) > 8 else order[::-1]
+    to_t = lambda a: _torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 127.5 - 1  # noqa: E731
+    grid = []
+    for _, case, truth, fills in picks:
+        masked = truth.copy()
+        masked[case.hole] = 128
+        grid.append([to_t(truth), to_t(masked)] + [to_t(f) for f in fills.values()])
+    io.save_image(out / "best_worst.png", io.image_grid(grid))

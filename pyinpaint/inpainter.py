@@ -429,14 +429,25 @@ _CACHE: dict[tuple[str, str], Inpainter] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+DEFAULT_MODEL = Path(_HERE) / "weights" / "faces-128"  # shipped inside the package (see its README.md)
+
+
+def default_model() -> Path:
+    """The model directory :func:`sample` uses when none is given: the faces model shipped with the package."""
+    if not (DEFAULT_MODEL / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the default model is missing from this installation ({DEFAULT_MODEL}): reinstall "
+                                "pyinpaint, or pass model=PATH, a model directory written by `pyinpaint export` or "
+                                "`pyinpaint convert-official`")
+    return DEFAULT_MODEL
+
+
 def get_inpainter(model: str | os.PathLike | Inpainter | None, device: str | torch.device | None = None) -> Inpainter:
-    """The cached :class:`Inpainter` of a model directory on a device (loaded on first use)."""
+    """The cached :class:`Inpainter` of a model directory (None: the default model) on a device (loaded on first
+    use)."""
     if isinstance(model, Inpainter):
         return model
     if model is None:
-        raise ValueError("no default model ships with pyinpaint yet: pass model=PATH, a model directory written by "
-                         "pyinpaint.modelfile.export_runs (`pyinpaint export`) or convert_official "
-                         "(`pyinpaint convert-official`), or use Inpainter.load(PATH)")
+        model = default_model()
     dev = resolve_device(device)
     key = (str(Path(model).expanduser().resolve()), str(dev))
     with _CACHE_LOCK:
@@ -456,6 +467,7 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
            progress: Progress | None = None) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (see :meth:`Inpainter.sample`), with the
-    model directory ``model`` loaded once per (model, device) and cached."""
+    model directory ``model`` (default: the faces model shipped with pyinpaint, 128 px) loaded once per
+    (model, device) and cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
                                                sampler=sampler, rank=rank, progress=progress)

@@ -72,3 +72,33 @@ def tiny_vq_run(stage_images, tmp_path_factory):
     return out
 
 
+
+
+# A tiny random model directory (all four networks), shared by the inference, CLI and evaluation tests.
+def lively_generator():
+    """A random texture generator whose output depends visibly on the structure map: the official initialisation
+    (std 0.05) leaves activations near zero, so the weights are scaled up (as the parity fixtures do)."""
+    from pyinpaint.config import texture_preset
+    from pyinpaint.models.texture import TextureGenerator
+
+    gen = TextureGenerator(texture_preset("tiny"))
+    with torch.no_grad():
+        for name, p in gen.named_parameters():
+            if name.endswith("weight"):
+                p.mul_(2.5)
+    return gen
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from pyinpaint.config import structure_preset, texture_preset, vqvae_preset
+    from pyinpaint.modelfile import save_model
+    from pyinpaint.models.structure import StructureGenerator
+    from pyinpaint.models.texture import Discriminator
+    from pyinpaint.models.vqvae import VQVAE
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("inpainter") / "tiny"
+    save_model(path, VQVAE(vqvae_preset("tiny")), StructureGenerator(structure_preset("tiny")), lively_generator(),
+               Discriminator(texture_preset("tiny")), source={"test": True})
+    return path

@@ -6,34 +6,20 @@ from PIL import Image
 from skimage import data as skdata
 
 import pyinpaint.inpainter as inpainter_module
-from pyinpaint.config import structure_preset, texture_preset, vqvae_preset
+from pyinpaint.config import structure_preset, vqvae_preset
 from pyinpaint.inpainter import Inpainter, InpaintWarning, read_image, read_mask, sample
 from pyinpaint.models.structure import StructureGenerator
-from pyinpaint.models.texture import Discriminator, TextureGenerator
 from pyinpaint.models.vqvae import VQVAE
 from pyinpaint.modelfile import save_model
+
+from conftest import lively_generator
 
 H, W = 100, 150  # not square, not the model's 64
 
 
-def lively_generator() -> TextureGenerator:
-    """A random texture generator whose output depends visibly on the structure map: the official initialisation
-    (std 0.05) leaves activations near zero, so the weights are scaled up (as the parity fixtures do)."""
-    gen = TextureGenerator(texture_preset("tiny"))
-    with torch.no_grad():
-        for name, p in gen.named_parameters():
-            if name.endswith("weight"):
-                p.mul_(2.5)
-    return gen
-
-
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("inpainter") / "tiny"
-    save_model(path, VQVAE(vqvae_preset("tiny")), StructureGenerator(structure_preset("tiny")), lively_generator(),
-               Discriminator(texture_preset("tiny")), source={"test": True})
-    return path
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +209,9 @@ def test_progress_and_lower_level_pieces(inp, image, hole):
     assert torch.equal(result.completed[known], result.prepared.x.expand(2, -1, -1, -1)[known])
 
 
-def test_module_sample(model_dir, image, hole):
-    with pytest.raises(ValueError, match="no default model ships"):
+def test_module_sample(model_dir, image, hole, tmp_path, monkeypatch):
+    monkeypatch.setattr(inpainter_module, "DEFAULT_MODEL", tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="default model is missing"):
         sample(image, hole, n=1)
     inpainter_module.clear_cache()
     a = sample(image, hole, n=2, seed=4, model=model_dir, device="cpu")
