@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
+from ._triton import HAS_TRITON, choose_backend, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
     import triton
@@ -654,18 +654,8 @@ def _plan(q, k, v, backend: str):
     if backend == "sdpa":
         return "sdpa", "requested explicitly"
     why = _dtype_unsupported_reason(q) or triton_unavailable_reason(q, k, v)
-    if backend == "triton":
-        if why is not None:
-            return None, f"backend='triton' was requested but cannot run: {why}"
-        where = "in the Triton interpreter" if q.device.type == "cpu" else f"on {q.device}"
-        return "triton", f"requested explicitly; runs {where}"
-    # auto
-    if q.device.type != "cuda":
-        return "sdpa", (f"tensors are on {q.device.type}: PyTorch's fused attention (no L x L tensor); auto never "
-                        f"routes CPU tensors to the Triton interpreter (pass backend='triton' to force it)")
-    if why is not None:
-        return "torch", f"tensors are on CUDA but the Triton kernel cannot run: {why}"
-    return "triton", "tensors are on CUDA and triton is available"
+    return choose_backend(backend, why, q.device, cpu_backend="sdpa",
+                          cpu_note="PyTorch's fused attention (no L x L tensor)")
 
 
 def reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> str:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
+from ._triton import HAS_TRITON, choose_backend, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
     import triton
@@ -566,19 +566,7 @@ def _plan(x, weight, bias, kind: str, concat_elu: bool, backend: str):
     if backend == "torch":
         return "torch", "requested explicitly"
     why = _dtype_unsupported_reason(x) or triton_unavailable_reason(*tensors)
-    if backend == "triton":
-        if why is not None:
-            return None, f"backend='triton' was requested but cannot run: {why}"
-        where = "in the Triton interpreter" if x.device.type == "cpu" else f"on {x.device}"
-        return "triton", f"requested explicitly; runs {where}"
-
-    # auto: Triton for CUDA tensors only; CPU tensors never go to the Triton interpreter by themselves
-    if x.device.type != "cuda":
-        return "torch", (f"tensors are on {x.device.type}; auto never routes CPU tensors to the Triton "
-                         f"interpreter (pass backend='triton' to force it)")
-    if why is not None:
-        return "torch", f"tensors are on CUDA but the Triton kernel cannot run: {why}"
-    return "triton", "tensors are on CUDA and triton is available"
+    return choose_backend(backend, why, x.device)
 
 
 def reason(x, weight, *, kind, concat_elu=False, backend="auto") -> str:

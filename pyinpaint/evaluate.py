@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -127,7 +128,6 @@ def nvidia_block(path: str | Path) -> str | None:
 def baseline_fill(name: str, image, hole, *, radius: int = 3):
     """``image`` (H x W x 3 uint8) with ``hole`` (H x W bool) filled by a classical method: "telea" / "ns"
     (OpenCV's ``cv2.inpaint``, fast marching / Navier-Stokes, ``radius`` px) or "mean" (the known pixels' mean)."""
-    import numpy as np
 
     if name == "mean":
         out = image.copy()
@@ -148,7 +148,6 @@ def baseline_fill(name: str, image, hole, *, radius: int = 3):
 def hole_metrics(pred, target, hole) -> dict[str, float]:
     """PSNR (dB, peak 255), SSIM (scikit-image's 7x7 window, averaged over the hole's pixels) and L1 ([0, 1] scale)
     of ``pred`` against ``target`` (H x W x 3 uint8) inside ``hole`` (H x W bool, not empty)."""
-    import numpy as np
 
     try:
         from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -166,7 +165,6 @@ def pairwise_l1(fills, hole) -> float:
     """Mean L1 ([0, 1] scale) inside ``hole`` over all pairs of ``fills`` (a list of H x W x 3 uint8 arrays)."""
     import itertools
 
-    import numpy as np
 
     if len(fills) < 2:
         return 0.0
@@ -176,7 +174,6 @@ def pairwise_l1(fills, hole) -> float:
 
 def summarize(per_sample: list[dict[str, float]]) -> dict[str, float]:
     """Best of n (max PSNR, max SSIM, min L1, each on its own) and mean over n of each metric."""
-    import numpy as np
 
     out = {}
     for m in METRICS:
@@ -193,7 +190,7 @@ class Case:
     image: Path
     mask: str  # file name, or the generator's name and index
     block: str  # NVIDIA hole-size block, or the mask kind
-    hole: "numpy.ndarray"  # size x size bool
+    hole: np.ndarray  # size x size bool
 
 
 def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed: int) -> list[Case]:
@@ -201,7 +198,6 @@ def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed
     for image i), or a folder of mask files (NVIDIA-numbered files: a seeded subset of ``per_block`` per
     hole-size block, else ``per_block`` seeded files in one block "folder"); case j of a block takes image
     j mod len(images)."""
-    import numpy as np
 
     from pyinpaint.data import MASK_EXTENSIONS, MASK_SPECS, list_images, load_mask, make_mask_source
 
@@ -229,7 +225,6 @@ def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed
 
 def _load_eval_image(path: Path, size: int):
     """The ground truth of a case: the image resized to ``size`` (the evaluation recipe), as H x W x 3 uint8."""
-    import numpy as np
 
     from pyinpaint.data import load_image, preprocess
 
@@ -246,7 +241,6 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png."""
     import time
 
-    import numpy as np
     from tqdm.auto import tqdm
 
     from pyinpaint.data import list_images
@@ -297,7 +291,6 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
 
 def summarize_rows(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """{block: {method: mean of each metric, "cases": count}}, plus the block "all"."""
-    import numpy as np
 
     cols = [f"{m}_{k}" for m in METRICS for k in ("best", "mean")] + ["diversity", "seconds"]
     groups: dict[str, dict[str, list[dict]]] = {}
@@ -331,7 +324,6 @@ def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list) -> None
     import csv
     import io as _io
 
-    import numpy as np
     import torch as _torch
 
     from pyinpaint import io

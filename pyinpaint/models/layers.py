@@ -319,6 +319,10 @@ class AttentionState:
     out_bias: torch.Tensor  # position 0 attends to nothing: its output is the out projection's bias
     keys_t: torch.Tensor  # [B, heads, dk, L] (transposed: the scores are one [1, dk] x [dk, p] product per head)
     inputs: torch.Tensor  # [B, L, C]
+    # The decode-attention op's backend, chosen at the first step that attends (None: not yet): "triton" when its
+    # auto dispatch picks the kernel (CUDA), else the matmul path below (measured fast on the CPU).
+    decode_backend: str | None = None
+    pos_t: torch.Tensor | None = None  # int32 [1] on the device: the position as the kernel reads it (Triton only)
 
 
 class CausalSelfAttention(nn.Module):
@@ -370,8 +374,21 @@ class CausalSelfAttention(nn.Module):
         st.inputs[:, pos] = x_t
         if pos == 0:
             return st.out_bias.expand(b, -1)
-        scores = torch.matmul(qk[:, :, None, :self.dk], st.keys_t[:, :, :, :pos])  # [B, heads, 1, pos]
-        mixed = torch.matmul(torch.softmax(scores, dim=-1).view(b, self.heads, pos), st.inputs[:, :pos])
+        q = qk[:, :, :self.dk]
+        if st.decode_backend is None:
+            from pyinpaint.kernels import decode_attention as da
+
+            st.decode_backend = "triton" if da.reason(q, st.keys_t, st.inputs).startswith("triton:") else "matmul"
+        if st.decode_backend == "triton":  # CUDA: one launch shape for every position, pos only in a device tensor
+            from pyinpaint.kernels.decode_attention import decode_attention_triton
+
+            if st.pos_t is None:
+                st.pos_t = torch.empty(1, dtype=torch.int32, device=x_t.device)
+            st.pos_t.fill_(pos)  # a fill kernel, no host-to-device copy or sync
+            mixed = decode_attention_triton(q, st.keys_t, st.inputs, st.pos_t)  # [B, heads, C]
+        else:
+            scores = torch.matmul(q[:, :, None], st.keys_t[:, :, :, :pos])  # [B, heads, 1, pos]
+            mixed = torch.matmul(torch.softmax(scores, dim=-1).view(b, self.heads, pos), st.inputs[:, :pos])
         return torch.addmm(st.mix_bias, mixed.view(b, -1), st.mix)
 
 
