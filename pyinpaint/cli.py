@@ -33,6 +33,9 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
                    help="training preprocessing: faces = resize to 266/256 of the size then random crop "
                         "(official CelebA-HQ); scenes = random crop (official Places2)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start from the newest weights (model and EMA) of another run of the same stage and "
+                        "architecture, with a fresh optimiser at step 0 (fine-tuning, e.g. with another --lr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -231,6 +234,7 @@ def _train_args(a: argparse.Namespace):
 
     return TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
                      ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
+                     init_from=a.init_from,
                      val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
 
 

@@ -42,3 +42,29 @@ def test_texture_resume_is_exact(stage_images, tiny_vq_run, tmp_path):
     a = io.load_tensors(tmp_path / "a" / "ema.safetensors")
     b = io.load_tensors(tmp_path / "b" / "ema.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_texture_init_from(stage_images, tiny_vq_run, tmp_path):
+    """--init-from starts at step 0 from another run's weights (a different lr is fine); it checks the stage and
+    architecture and says what is wrong."""
+    assert _train(stage_images, tiny_vq_run, tmp_path / "a", 2, "--seed", "1") == 0  # another initialisation
+    assert _train(stage_images, tiny_vq_run, tmp_path / "b", 1) == 0  # seed 0: what the fine-tune would start from
+    assert _train(stage_images, tiny_vq_run, tmp_path / "ft", 1, "--init-from", str(tmp_path / "a"), "--lr",
+                  "0.0004") == 0
+    cfg = io.load_json(tmp_path / "ft" / "config.json")["train"]
+    assert cfg["init_from"] == str(tmp_path / "a") and cfg["lr"] == 0.0004
+    log = [json.loads(ln) for ln in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1]
+    # the fine-tuned weights moved one step away from the source's, not from a fresh initialisation
+    src = io.load_tensors(tmp_path / "a" / "ema.safetensors")
+    ft = io.load_tensors(tmp_path / "ft" / "ema.safetensors")
+    fresh = io.load_tensors(tmp_path / "b" / "ema.safetensors")
+    for key in (k for k in src if k.endswith("weight")):
+        assert (ft[key] - src[key]).abs().max() < 0.01 < (fresh[key] - src[key]).abs().max(), key
+    # a run of another architecture or stage is refused
+    assert main(["train", "texture", "--vqvae", str(tiny_vq_run), "--data", str(stage_images), "--out",
+                 str(tmp_path / "bad"), "--config", "tiny", "--steps", "1", "--batch-size", "2", "--device", "cpu",
+                 "--quiet", "--init-from", str(tiny_vq_run)]) == 2
+    assert main(["train", "texture", "--vqvae", str(tiny_vq_run), "--data", str(stage_images), "--out",
+                 str(tmp_path / "bad2"), "--config", "tiny", "--steps", "1", "--batch-size", "2", "--device", "cpu",
+                 "--quiet", "--init-from", str(tmp_path / "nothing")]) == 2

@@ -54,6 +54,9 @@ class TrainArgs:
     val_batches: int = 8  # batches of the validation set per validation (0 = the whole set)
     ckpt_every: int = 500
     workers: int = 0
+    # Start from the weights (model and EMA) of another run of the same stage and architecture, with a fresh
+    # optimiser at step 0: fine-tuning, e.g. with another learning rate (which --resume refuses to change).
+    init_from: str | None = None
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every"):
@@ -240,6 +243,28 @@ class Run:
             io.atomic_write(p, lambda tmp: Path(tmp).write_text("".join(ln + "\n" for ln in lines)))
 
 
+def _init_from(src: Run, config: dict[str, Any], task: Task, ema: EMA, device: torch.device) -> None:
+    """Load the model and EMA weights of run ``src``'s newest checkpoint (same stage and model config)."""
+    if not src.exists:
+        raise FileNotFoundError(f"--init-from: {src.dir} is not a run directory (no config.json)")
+    theirs = io.load_json(src.dir / "config.json")
+    if theirs["stage"] != config["stage"]:
+        raise ValueError(f"--init-from: {src.dir} is a {theirs['stage']} run, this is a {config['stage']} run")
+
+    def architecture(c: dict[str, Any]) -> dict[str, Any]:  # the networks' configs (not masks, seeds, paths)
+        return {k: v for k, v in c["model"].items() if isinstance(v, dict)}
+
+    if architecture(theirs) != architecture(config):
+        raise ValueError(f"--init-from: the architecture differs from {src.dir}'s config.json: "
+                         f"{architecture(theirs)} vs {architecture(config)}")
+    found = src.latest()
+    if found is None:
+        raise FileNotFoundError(f"--init-from: {src.dir} has no complete checkpoint")
+    ck = found[1]
+    io.load_state_into(task.model, io.load_tensors(ck / "model.safetensors", device), f"{ck}/model.safetensors")
+    io.load_state_into(ema.model, io.load_tensors(ck / "ema.safetensors", device), f"{ck}/ema.safetensors")
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -271,6 +296,8 @@ def train(task: Task, train_set: Dataset, val_set: Dataset | None, args: TrainAr
     if resume and run.latest() is not None:
         step = run.load(task, ema, device)
         run.truncate_log(step)
+    elif args.init_from:
+        _init_from(Run(args.init_from), config, task, ema, device)
     io.save_json(run.dir / "config.json", config)
     if step >= args.steps:
         return {}
