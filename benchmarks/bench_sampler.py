@@ -291,14 +291,23 @@ def test_cached_profile(benchmark, paper):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
-def test_cached_overhead_floor(benchmark):
+@pytest.mark.parametrize("draw_backend", ["auto", "torch"])
+def test_cached_overhead_floor(benchmark, draw_backend):
     """The per-step overhead: the paper's depth (20 + 20 gated blocks, 4 attention layers, 20 out resnets) with
-    tiny widths at n = 1, so that the arithmetic is negligible and what remains is dispatch and Python."""
+    tiny widths at n = 1, so that the arithmetic is negligible and what remains is dispatch and Python. With the
+    per-position sampling op on "auto" (the C++ extension when built) and forced to "torch" (the PyTorch rule)."""
+    from pyinpaint.kernels import sample as sample_op
+
     cfg = structure_preset("paper", dropout=0.0, embedding_dim=8, num_embeddings=16, channels=8, res_channels=8)
     net, codebook = _build(cfg)
     h = _h(cfg, 1)
     total = cfg.map_size ** 2
     benchmark.group = "cached sampler overhead floor (paper depth, widths 8, n=1)"
-    benchmark.pedantic(lambda: sample_cached(net, h, codebook, seed=0), rounds=CACHED_ROUNDS, iterations=1)
+    k = cfg.num_embeddings
+    picked = sample_op.reason(torch.zeros(1, k, device=DEVICE), torch.zeros(1, k, device=DEVICE), codebook,
+                              backend=draw_backend)
+    benchmark.pedantic(lambda: sample_cached(net, h, codebook, seed=0, draw_backend=draw_backend),
+                       rounds=CACHED_ROUNDS, iterations=1)
     seconds = benchmark.stats.stats.median
-    _report(benchmark, whole_map_s=seconds, per_position_ms=1e3 * seconds / total)
+    _report(benchmark, draw_backend=draw_backend, draw_op=picked.split(":")[0], whole_map_s=seconds,
+            per_position_ms=1e3 * seconds / total)

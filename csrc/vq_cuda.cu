@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_util.h"
 #include "vq.h"
 
 namespace pyinpaint {
@@ -175,33 +176,9 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-void check(cudaError_t err, const char* what) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("pyinpaint._C.nearest_code_cuda: ") + what + " failed: " +
-                             cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
-  }
-}
+constexpr const char* kOp = "pyinpaint._C.nearest_code_cuda";
 
-// Makes `device` current for the duration of a call and restores the previous one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    check(cudaGetDevice(&prev_), "cudaGetDevice");
-    if (prev_ != device) {
-      check(cudaSetDevice(device), "cudaSetDevice");
-      switched_ = true;
-    }
-  }
-  ~DeviceGuard() {
-    if (switched_) cudaSetDevice(prev_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int prev_ = 0;
-  bool switched_ = false;
-};
+void check(cudaError_t err, const char* what) { cuda_check(err, kOp, what); }
 
 template <typename T>
 void launch(const void* z, int64_t zs, const void* cb, const float* norms, int64_t* idx_out, void* emb_out,
@@ -228,7 +205,7 @@ void nearest_code_cuda(const void* z, int64_t z_row_stride, const void* codebook
   if (n == 0) return;
   if (!z || !codebook || !norms || !idx_out || !emb_out) throw std::invalid_argument("nearest_code_cuda: null pointer");
 
-  DeviceGuard guard(device);
+  CudaDeviceGuard guard(device, kOp);
   auto s = reinterpret_cast<cudaStream_t>(stream);
   (void)cudaGetLastError();  // a stale error of an earlier call must not be reported as this launch's
   if (dtype_code == kVqFloat32)

@@ -16,12 +16,14 @@ import warnings
 
 import torch
 
-__all__ = ["available", "why_unavailable", "has_cuda", "why_no_cuda", "warn_once", "nearest_code", "cpu_isa", "cpu_isas"]
+__all__ = ["available", "why_unavailable", "has_cuda", "why_no_cuda", "warn_once", "nearest_code", "cpu_isa", "cpu_isas",
+           "sample_step", "check_sample_step", "temperature_scaling"]
 
 DISABLE_ENV = "PYINPAINT_DISABLE_EXT"
 _FALSE_VALUES = ("", "0", "false", "no", "off")
 # Functions this Python code needs from the module; a stale build without them counts as missing.
-_REQUIRED = ("has_cuda", "nearest_code_cpu", "cpu_isa", "cpu_isas")
+_REQUIRED = ("has_cuda", "nearest_code_cpu", "cpu_isa", "cpu_isas", "sample_step_cpu", "SCALE_NONE", "SCALE_DIVIDE",
+             "SCALE_MULTIPLY")
 
 _C = None
 _reason: str | None = None
@@ -224,3 +226,194 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor, *
     # z, codebook, norms, idx and emb are referenced by this frame until the call has returned; on
     # CUDA the launch is ordered on the current stream like any torch op.
     return idx, emb
+
+
+# ----------------------------------------------------------------------------------------------------
+# sample_step: one position of the cached sampler (pyinpaint.kernels.sample holds the rule and the dispatch)
+# ----------------------------------------------------------------------------------------------------
+_MISSING = object()
+_scalings: dict[tuple[str, float], tuple[int, float] | None] = {}
+_probe: torch.Tensor | None = None
+
+
+def _probe_values() -> torch.Tensor:
+    """4096 float32 values with random mantissas, both signs, magnitudes 2^-8 .. 2^9 (fixed seed)."""
+    global _probe
+    if _probe is None:
+        g = torch.Generator().manual_seed(0)
+        mant = torch.rand(4096, generator=g, dtype=torch.float64) + 1.0
+        sign = torch.randint(0, 2, (4096,), generator=g, dtype=torch.float64) * 2 - 1
+        exp = torch.randint(-8, 9, (4096,), generator=g, dtype=torch.float64)
+        _probe = (sign * mant * torch.pow(2.0, exp)).to(torch.float32)
+    return _probe
+
+
+def temperature_scaling(temperature: float, device: torch.device | str) -> tuple[int, float] | None:
+    """How torch rounds ``float32_logits / temperature`` on ``device``, as (mode, float32 operand) for the native op.
+
+    torch divides on the CPU (one IEEE float32 division by float32(T)) but multiplies by a reciprocal on CUDA when T is
+    a Python scalar (``a * (1/T)``, the reciprocal rounded from float64 in recent versions, from float32 in older
+    ones). Rather than hard-coding a torch version, the answer is found once per (device, T) by dividing 4096 probe
+    values with torch itself and keeping the first candidate rounding that reproduces all of them: (SCALE_DIVIDE,
+    float32(T)), (SCALE_MULTIPLY, float32(1/T)), (SCALE_MULTIPLY, 1f/float32(T)). (SCALE_NONE, 1.0) at T == 1, as
+    the rule skips the division there. None when no candidate matches (the native op then cannot reproduce torch's
+    draws and must not be used). On CUDA the first call per T synchronises the device once. (4096 values catch
+    every practical difference; a rounding that differed from torch's on fewer than about 1 in 4096 values would
+    go unseen, and would change a code only where a one-ulp change flips the argmax.)
+    """
+    _require()
+    if temperature == 1.0:
+        return _C.SCALE_NONE, 1.0
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    key = (device, float(temperature))
+    hit = _scalings.get(key, _MISSING)
+    if hit is not _MISSING:
+        return hit
+    probe = _probe_values()
+    with torch.no_grad():
+        got = (probe.to(device) / temperature).cpu()  # the same expression as the rule's `logits.float() / T`
+        t64 = float(temperature)
+        t32 = torch.tensor(t64, dtype=torch.float32)
+        candidates = (
+            (_C.SCALE_DIVIDE, t32),
+            (_C.SCALE_MULTIPLY, torch.tensor(1.0 / t64 if t64 != 0 else float("inf"), dtype=torch.float32)),
+            (_C.SCALE_MULTIPLY, torch.ones((), dtype=torch.float32) / t32),
+        )
+        result = None
+        for mode, operand in candidates:
+            mine = probe / operand if mode == _C.SCALE_DIVIDE else probe * operand  # tensor-tensor: plain IEEE ops
+            if torch.equal(mine, got):
+                result = (mode, float(operand))
+                break
+    _scalings[key] = result
+    return result
+
+
+def _tensor_name(t) -> str:
+    return f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def check_sample_step(logits, noise, codebook, temperature=1.0, top_k=None) -> None:
+    """Raise ValueError (with what is wrong) unless :func:`sample_step` can take these inputs.
+
+    (Written to be cheap when everything is right: the sampler calls it at every position.)"""
+    T = torch.Tensor
+    if not (isinstance(logits, T) and isinstance(noise, T) and isinstance(codebook, T)):
+        for name, t in (("logits", logits), ("noise", noise), ("codebook", codebook)):
+            if not isinstance(t, T):
+                raise ValueError(f"sample_step: {name} must be a torch.Tensor, got {type(t).__name__}")
+    shape, cshape = logits.shape, codebook.shape
+    if len(shape) != 2:
+        raise ValueError(f"sample_step: logits must be 2-D [B, K], got shape {tuple(shape)}")
+    if len(cshape) != 2:
+        raise ValueError(f"sample_step: codebook must be 2-D [K, D], got shape {tuple(cshape)}")
+    k = shape[1]
+    if noise.shape != shape:
+        raise ValueError(f"sample_step: noise must have the logits' shape {tuple(shape)}, got {tuple(noise.shape)}")
+    if cshape[0] != k:
+        raise ValueError(f"sample_step: the codebook has {cshape[0]} codes but the logits have {k}")
+    if k < 1 or cshape[1] < 1:
+        raise ValueError(f"sample_step: empty codebook or logits (codebook {tuple(cshape)})")
+    device = logits.device
+    if noise.device != device or codebook.device != device:
+        raise ValueError(f"sample_step: logits, noise and codebook must be on one device, got {device}, "
+                         f"{noise.device}, {codebook.device}")
+    if device.type != "cpu" and device.type != "cuda":
+        raise ValueError(f"sample_step: unsupported device {device} (cpu or cuda)")
+    f32 = torch.float32
+    if logits.dtype != f32 or noise.dtype != f32 or codebook.dtype != f32:
+        for name, t in (("logits", logits), ("noise", noise), ("codebook", codebook)):
+            if t.dtype != f32:
+                raise ValueError(f"sample_step: {name} must be float32, got {t.dtype}")
+    if k > 1 and (logits.stride(1) != 1 or noise.stride(1) != 1):
+        for name, t in (("logits", logits), ("noise", noise)):
+            if t.stride(1) != 1:
+                raise ValueError(f"sample_step: {name}'s last dimension must be contiguous (strides {t.stride()})")
+    if not codebook.is_contiguous():
+        raise ValueError("sample_step: codebook must be contiguous")
+    if temperature.__class__ is not float and (isinstance(temperature, bool)
+                                               or not isinstance(temperature, (int, float))):
+        raise ValueError(f"sample_step: temperature must be a Python number, got {type(temperature).__name__}")
+    if not temperature > 0:
+        raise ValueError(f"sample_step: temperature must be positive (got {temperature})")
+    if top_k is not None:
+        if top_k.__class__ is not int or not 1 <= top_k <= k:
+            raise ValueError(f"sample_step: top_k must be None or an int in [1, {k}] (got {top_k!r})")
+        if device.type == "cuda" and top_k < k and k > getattr(_C, "SAMPLE_CUDA_MAX_TOPK_K", k):
+            raise ValueError(f"sample_step: on CUDA top-k filtering takes at most {_C.SAMPLE_CUDA_MAX_TOPK_K} codes "
+                             f"(got {k})")
+
+
+def check_sample_outs(codes_out, emb_out, n: int, d: int, device: torch.device) -> None:
+    """Raise ValueError unless ``codes_out`` / ``emb_out`` (each may be None) are outputs :func:`sample_step` takes."""
+    if codes_out is not None and not (
+            isinstance(codes_out, torch.Tensor) and codes_out.dtype == torch.int64 and len(codes_out.shape) == 1
+            and codes_out.shape[0] == n and codes_out.device == device and (n <= 1 or codes_out.stride(0) >= 1)):
+        raise ValueError(
+            f"sample_step: codes_out must be an int64 tensor of shape ({n},) on {device} with a positive stride "
+            f"(e.g. the column codes[:, p] of a code map), got {_tensor_name(codes_out)}"
+            + (f", strides {codes_out.stride()}" if isinstance(codes_out, torch.Tensor) else "")
+        )
+    if emb_out is not None and not (
+            isinstance(emb_out, torch.Tensor) and emb_out.dtype == torch.float32 and emb_out.shape == (n, d)
+            and emb_out.device == device and emb_out.is_contiguous()):
+        raise ValueError(f"sample_step: emb_out must be a contiguous float32 tensor of shape ({n}, {d}) on {device}, "
+                         f"got {_tensor_name(emb_out)}")
+
+
+def _sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out, emb_out):
+    """:func:`sample_step` after :func:`check_sample_step` and :func:`check_sample_outs` have passed."""
+    n, k = logits.shape
+    d = codebook.shape[1]
+    device = logits.device
+    if codes_out is None:
+        codes_out = torch.empty(n, dtype=torch.int64, device=device)
+    if emb_out is None:
+        emb_out = torch.empty(n, d, dtype=torch.float32, device=device)
+    if n == 0:
+        return codes_out, emb_out
+    if device.type == "cuda":
+        reason = why_no_cuda()
+        if reason is not None:
+            raise RuntimeError(f"sample_step: {reason}")
+    scaling = temperature_scaling(temperature, device)
+    if scaling is None:
+        raise RuntimeError(f"sample_step: cannot reproduce torch's rounding of logits / {temperature} on {device}")
+    mode, scale = scaling
+    top = 0 if top_k is None or top_k == k else top_k
+    if device.type == "cpu":
+        _C.sample_step_cpu(
+            logits.data_ptr(), logits.stride(0), noise.data_ptr(), noise.stride(0), codebook.data_ptr(), n, k, d,
+            mode, scale, top, codes_out.data_ptr(), codes_out.stride(0), emb_out.data_ptr(),
+        )
+    else:
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _C.sample_step_cuda(
+            logits.data_ptr(), logits.stride(0), noise.data_ptr(), noise.stride(0), codebook.data_ptr(), n, k, d,
+            mode, scale, top, codes_out.data_ptr(), codes_out.stride(0), emb_out.data_ptr(), stream, device.index,
+        )
+    # every tensor is referenced by this frame until the call has returned; on CUDA the launch is ordered on the
+    # current stream like any torch op.
+    return codes_out, emb_out
+
+
+def sample_step(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0,
+                top_k: int | None = None, *, codes_out: torch.Tensor | None = None,
+                emb_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position of the sampler with the native extension: (codes int64 [B], embeddings float32 [B, D]).
+
+    The rule of ``pyinpaint.sampler.draw`` (logits / T unless T == 1, everything below the top_k-th largest to -inf,
+    + noise, argmax with the first index on ties and the first NaN winning), then ``codebook[codes]``; the codes are
+    bit-identical to ``draw``'s on the same device (see :func:`temperature_scaling`).
+    logits, noise: float32 [B, K], rows may be strided (last dim contiguous), e.g. ``noise[:, p]`` of a
+    [B, positions, K] tensor; codebook: float32 [K, D] contiguous; all on one device (CPU or CUDA). top_k: None or
+    1..K (K = no filtering). codes_out: an int64 [B] tensor to write the codes into, any positive stride (e.g.
+    ``codes[:, p]``); emb_out: a contiguous float32 [B, D] tensor; both allocated when None, must not overlap the
+    inputs. Raises ValueError for unsupported inputs, RuntimeError when the extension (or its CUDA part) is
+    unavailable. Not differentiable. On CUDA the launch is asynchronous on the current stream.
+    """
+    _require()
+    check_sample_step(logits, noise, codebook, temperature, top_k)
+    check_sample_outs(codes_out, emb_out, logits.shape[0], codebook.shape[1], logits.device)
+    return _sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out, emb_out)

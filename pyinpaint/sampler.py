@@ -1,11 +1,13 @@
 """Sampling structure maps from the PixelCNN.
 
-One sampling rule (:func:`draw`) serves every sampler: temperature and top-k shape the logits, and the
-randomness is Gumbel noise fixed in advance per (sample, position) by the seed (:func:`gumbel_noise`), so
-``argmax(logits / T + G)`` needs no host synchronisation and any two samplers given the same seed draw the
-same codes. ``sample_naive`` is the paper's sampler: the whole network at every position (the reference).
-``sample_cached`` draws the same codes incrementally: the network's step mode (``PixelCNN.init_state`` /
-``step``) keeps what later positions need, so each position costs about 1/1000 of a full pass.
+One sampling rule (:func:`draw`, defined with :func:`shape_logits` in ``pyinpaint.kernels.sample``) serves every
+sampler: temperature and top-k shape the logits, and the randomness is Gumbel noise fixed in advance per (sample,
+position) by the seed (:func:`gumbel_noise`), so ``argmax(logits / T + G)`` needs no host synchronisation and any
+two samplers given the same seed draw the same codes. ``sample_naive`` is the paper's sampler: the whole network
+at every position (the reference). ``sample_cached`` draws the same codes incrementally: the network's step mode
+(``PixelCNN.init_state`` / ``step``) keeps what later positions need, so each position costs about 1/1000 of a full
+pass; its draw, code write and embedding gather are one fused op (``pyinpaint.kernels.sample.sample_step``: the
+C++/CUDA extension when it is built, else the same rule in PyTorch, with identical codes).
 """
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
+from pyinpaint.kernels import sample as sample_op
+from pyinpaint.kernels.sample import draw_reference as draw
+from pyinpaint.kernels.sample import shape_logits
 from pyinpaint.models.structure import PixelCNN
+
+__all__ = ["gumbel_noise", "shape_logits", "draw", "entropy_bits", "Sampled", "sample_naive", "sample_cached"]
 
 
 def gumbel_noise(seed: int, n: int, positions: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -24,25 +31,6 @@ def gumbel_noise(seed: int, n: int, positions: int, k: int, device: torch.device
     u = torch.rand(n, positions, k, generator=g, dtype=torch.float64)
     u = u.clamp_(min=torch.finfo(torch.float64).tiny, max=1 - 1e-16)
     return (-torch.log(-torch.log(u))).to(torch.float32).to(device)
-
-
-def shape_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
-    """logits [..., K] -> logits / T with everything outside the top k set to -inf."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive (got {temperature})")
-    out = logits.float() / temperature if temperature != 1.0 else logits.float()
-    if top_k is not None:
-        if not 1 <= top_k <= logits.shape[-1]:
-            raise ValueError(f"top_k must be in [1, {logits.shape[-1]}] (got {top_k})")
-        if top_k < logits.shape[-1]:
-            kth = out.topk(top_k, dim=-1).values[..., -1:]
-            out = out.masked_fill(out < kth, float("-inf"))
-    return out
-
-
-def draw(logits: torch.Tensor, noise: torch.Tensor, temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
-    """The one sampling rule: argmax(shaped logits + Gumbel noise) = a draw from softmax(shaped logits)."""
-    return torch.argmax(shape_logits(logits, temperature, top_k) + noise, dim=-1)
 
 
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
@@ -95,14 +83,16 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
 
 def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: int = 0,
                   temperature: float = 1.0, top_k: int | None = None, entropy: bool = False,
-                  progress: Callable[[int], None] | None = None) -> Sampled:
+                  progress: Callable[[int], None] | None = None, draw_backend: str = "auto") -> Sampled:
     """The incremental sampler: the same codes as :func:`sample_naive` for the same seed (same noise, same rule,
     logits equal up to float32 rounding), at about 1/1000 of its arithmetic.
 
     The u stream advances a row at a time; the ul stream, the attention K/V caches and the output layers a
     position at a time; h is projected once (see ``PixelCNN.step``). Nothing is read back to the host in the
     loop. h: [N, C_h, s, s] (one row per sample); codebook [K, D]. ``progress(position)`` is called after each
-    position.
+    position. ``draw_backend``: the backend of the per-position op (``pyinpaint.kernels.sample.sample_step``: the
+    draw, the code write and the embedding gather): "auto" (the C++/CUDA extension when it can take the tensors,
+    else PyTorch; decided once, at the first position), "torch" or "ext". Every backend draws the same codes.
     """
     n, _, height, width = h.shape
     k = codebook.shape[0]
@@ -115,11 +105,13 @@ def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *
             ent = torch.zeros(n, height * width, device=h.device) if entropy else None
             state = pixelcnn.init_state(n, height, width, h=h)
             e_prev = None
+            step = None
             for p in range(height * width):
                 logits = pixelcnn.step(state, e_prev, p)
-                idx = draw(logits, noise[:, p], temperature, top_k)
-                codes[:, p] = idx
-                e_prev = codebook[idx]
+                if step is None:  # logits' dtype, device and layout are the same at every position: decide once
+                    step = sample_op.step_function(sample_op.choose_backend(
+                        logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]))
+                _, e_prev = step(logits, noise[:, p], codebook, temperature, top_k, codes_out=codes[:, p])
                 if ent is not None:
                     ent[:, p] = entropy_bits(logits)
                 if progress is not None:
