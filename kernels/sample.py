@@ -145,6 +145,12 @@ def _plan(logits, noise, codebook, temperature, top_k, backend, codes_out=None, 
     if backend == "torch":
         _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
         return "torch", "requested explicitly"
+    if backend == "auto" and logits.device.type == "cuda":
+        # The CUDA op compiles (sm_80/sm_90) but has not been run on a GPU yet: auto keeps PyTorch there until it is
+        # measured (docs/benchmarks.md); backend="ext" uses it. (Decided before the extension's temperature probe,
+        # which syncs the device: a CUDA-graph capture of the sampler must not meet it.)
+        _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
+        return "torch", "the CUDA op of the extension is not yet validated on a GPU (backend='ext' runs it)"
     why = _ext_unavailable_reason(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
     if why is not None:  # (the extension's checks include these: inputs it takes pass them)
         _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
@@ -152,11 +158,6 @@ def _plan(logits, noise, codebook, temperature, top_k, backend, codes_out=None, 
         if why is not None:
             return None, f"backend='ext' was requested but cannot run: {why}"
         return "ext", f"requested explicitly; runs on {logits.device}"
-    if why is None and logits.device.type == "cuda":
-        # The CUDA op compiles (sm_80/sm_90) but has not been run on a GPU yet: auto keeps PyTorch there until it is
-        # measured (docs/benchmarks.md); backend="ext" uses it. Its temperature probe also syncs the device once per
-        # new T, which a CUDA-graph capture would not allow.
-        return "torch", "the CUDA op of the extension is not yet validated on a GPU (backend='ext' runs it)"
     if why is None:
         return "ext", f"the C++ extension's fused op takes these inputs (on {logits.device.type})"
     _load_ext().warn_once()  # says once per process why the extension is not used (if it is missing)

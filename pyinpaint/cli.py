@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1 = official)")
     sa.add_argument("--top-k", type=int, help="sample among the k likeliest codes only (default: all = official)")
     sa.add_argument("--sampler", default="cached",
-                    help="structure sampler: cached (default; incremental, fast) or naive (the paper's: the whole "
-                         "network per position); both draw the same codes for a seed")
+                    help="structure sampler: cached (default; incremental, fast), naive (the paper's: the whole "
+                         "network per position) or graph (cached, replayed from a CUDA graph; CUDA only); all draw "
+                         "the same codes for a seed")
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
     sa.add_argument("--invert-mask", action="store_true", help="the mask marks the hole with 0 instead")
     sa.add_argument("--device", default="auto")

@@ -12,6 +12,7 @@ known pixel is the input's, bit for bit -> n images at the input's size. Each st
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -36,7 +37,9 @@ ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, torch.Tensor
 MaskLike = ImageLike
 Progress = Callable[[int, int], Any]
 
-SAMPLERS = ("cached", "naive")  # structure samplers; both draw the same codes for a seed. The first is the default.
+# Structure samplers; all draw the same codes for a seed. The first is the default. "graph" is the cached sampler
+# replayed from a CUDA graph (CUDA devices only; not yet measured on a GPU).
+SAMPLERS = ("cached", "naive", "graph")
 
 
 class InpaintWarning(UserWarning):
@@ -296,6 +299,9 @@ class Inpainter:
             raise ValueError(f"n must be a positive integer (got {n!r})")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
+        if sampler == "graph" and self.device.type != "cuda":
+            raise ValueError(f"sampler='graph' replays a CUDA graph: it needs a CUDA device (this Inpainter is on "
+                             f"{self.device}); use 'cached'")
         try:
             ok = not isinstance(temperature, bool) and math.isfinite(float(temperature)) and float(temperature) > 0
         except (TypeError, ValueError):
@@ -328,7 +334,8 @@ class Inpainter:
         h = h.expand(n, -1, -1, -1)
         total = h.shape[-1] * h.shape[-2]
         report = None if progress is None else (lambda p: progress(p + 1, total))
-        run = {"cached": sampling.sample_cached, "naive": sampling.sample_naive}.get(sampler)
+        run = {"cached": sampling.sample_cached, "naive": sampling.sample_naive,
+               "graph": functools.partial(sampling.sample_cached, cuda_graph=True)}.get(sampler)
         if run is not None:
             return run(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature, top_k=top_k,
                        progress=report)

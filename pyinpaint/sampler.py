@@ -12,6 +12,7 @@ C++/CUDA extension when it is built, else the same rule in PyTorch, with identic
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -83,7 +84,8 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
 
 def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: int = 0,
                   temperature: float = 1.0, top_k: int | None = None, entropy: bool = False,
-                  progress: Callable[[int], None] | None = None, draw_backend: str = "auto") -> Sampled:
+                  progress: Callable[[int], None] | None = None, draw_backend: str = "auto",
+                  cuda_graph: bool = False) -> Sampled:
     """The incremental sampler: the same codes as :func:`sample_naive` for the same seed (same noise, same rule,
     logits equal up to float32 rounding), at about 1/1000 of its arithmetic.
 
@@ -93,6 +95,12 @@ def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *
     position. ``draw_backend``: the backend of the per-position op (``pyinpaint.kernels.sample.sample_step``: the
     draw, the code write and the embedding gather): "auto" (the C++/CUDA extension when it can take the tensors,
     else PyTorch; decided once, at the first position), "torch" or "ext". Every backend draws the same codes.
+
+    ``cuda_graph=True`` (CUDA tensors only) replays the whole sampling (state set-up and every position) from a CUDA
+    graph captured at the first call for this network, shape and option set (the first call runs eagerly once to
+    warm up, then captures): no Python and no kernel-launch overhead between positions. The codes are those of the
+    eager sampler. ``progress`` is then called once, after the replay. Not yet run on a GPU (see
+    docs/benchmarks.md): the eager path is the default.
     """
     n, _, height, width = h.shape
     k = codebook.shape[0]
@@ -101,21 +109,14 @@ def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *
     try:
         with torch.inference_mode():
             noise = gumbel_noise(seed, n, height * width, k, h.device)
-            codes = torch.zeros(n, height * width, dtype=torch.int64, device=h.device)
-            ent = torch.zeros(n, height * width, device=h.device) if entropy else None
-            state = pixelcnn.init_state(n, height, width, h=h)
-            e_prev = None
-            step = None
-            for p in range(height * width):
-                logits = pixelcnn.step(state, e_prev, p)
-                if step is None:  # logits' dtype, device and layout are the same at every position: decide once
-                    step = sample_op.step_function(sample_op.choose_backend(
-                        logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]))
-                _, e_prev = step(logits, noise[:, p], codebook, temperature, top_k, codes_out=codes[:, p])
-                if ent is not None:
-                    ent[:, p] = entropy_bits(logits)
+            if cuda_graph:
+                codes, ent = _replay_graphed(pixelcnn, h, codebook, noise, temperature, top_k, entropy, draw_backend)
                 if progress is not None:
-                    progress(p)
+                    progress(height * width - 1)
+            else:
+                codes = torch.zeros(n, height * width, dtype=torch.int64, device=h.device)
+                ent = torch.zeros(n, height * width, device=h.device) if entropy else None
+                _cached_loop(pixelcnn, h, codebook, noise, codes, ent, temperature, top_k, draw_backend, progress)
     finally:
         pixelcnn.train(was_training)
     with torch.no_grad():  # ordinary tensors out (inference tensors cannot enter autograd later)
@@ -123,3 +124,71 @@ def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *
         embeddings = codebook[codes].permute(0, 3, 1, 2).contiguous()
         ent = None if ent is None else ent.view(n, height, width).clone()
     return Sampled(codes, embeddings, ent)
+
+
+def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, noise: torch.Tensor, codes: torch.Tensor,
+                 ent: torch.Tensor | None, temperature: float, top_k: int | None, draw_backend: str,
+                 progress: Callable[[int], None] | None = None) -> None:
+    """The cached sampler's work, into ``codes`` [N, L] (and ``ent`` [N, L]): state set-up, then every position.
+    No host synchronisation, no allocation that depends on data: a CUDA graph can capture it whole."""
+    n, _, height, width = h.shape
+    state = pixelcnn.init_state(n, height, width, h=h)
+    e_prev = None
+    step = None
+    for p in range(height * width):
+        logits = pixelcnn.step(state, e_prev, p)
+        if step is None:  # logits' dtype, device and layout are the same at every position: decide once
+            step = sample_op.step_function(sample_op.choose_backend(
+                logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]))
+        _, e_prev = step(logits, noise[:, p], codebook, temperature, top_k, codes_out=codes[:, p])
+        if ent is not None:
+            ent[:, p] = entropy_bits(logits)
+        if progress is not None:
+            progress(p)
+
+
+@dataclass
+class _Graphed:
+    """A captured sampling run and its static buffers (inputs h, noise; outputs codes, entropy)."""
+
+    graph: "torch.cuda.CUDAGraph"
+    h: torch.Tensor
+    noise: torch.Tensor
+    codes: torch.Tensor
+    ent: torch.Tensor | None
+
+
+# network -> {(shapes, options, where its weights live): _Graphed}; weak, so a graph goes with its network
+_GRAPHS: "weakref.WeakKeyDictionary[PixelCNN, dict[tuple, _Graphed]]" = weakref.WeakKeyDictionary()
+
+
+def _replay_graphed(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, noise: torch.Tensor,
+                    temperature: float, top_k: int | None, entropy: bool, draw_backend: str):
+    """(codes [N, L], entropy or None) of :func:`_cached_loop`, replayed from a CUDA graph (captured on first use)."""
+    if h.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs CUDA tensors (h is on {h.device})")
+    # The graph reads the weights and the codebook where they were at capture: their addresses are part of the key
+    # (a network moved or reloaded is captured again; weights changed in place are picked up).
+    where = (codebook.data_ptr(), *(t.data_ptr() for t in pixelcnn.parameters()))
+    key = (tuple(h.shape), h.dtype, str(h.device), tuple(codebook.shape), float(temperature), top_k, bool(entropy),
+           draw_backend, where)
+    graphs = _GRAPHS.setdefault(pixelcnn, {})
+    g = graphs.get(key)
+    if g is None:
+        n, _, height, width = h.shape
+        g = _Graphed(torch.cuda.CUDAGraph(), h.clone(), noise.clone(),
+                     torch.zeros(n, height * width, dtype=torch.int64, device=h.device),
+                     torch.zeros(n, height * width, device=h.device) if entropy else None)
+        args = (pixelcnn, g.h, codebook, g.noise, g.codes, g.ent, temperature, top_k, draw_backend)
+        side = torch.cuda.Stream(h.device)  # warm-up off the default stream (kernel compilation, cuBLAS handles)
+        side.wait_stream(torch.cuda.current_stream(h.device))
+        with torch.cuda.stream(side):
+            _cached_loop(*args)
+        torch.cuda.current_stream(h.device).wait_stream(side)
+        with torch.cuda.graph(g.graph):
+            _cached_loop(*args)
+        graphs[key] = g
+    g.h.copy_(h)
+    g.noise.copy_(noise)
+    g.graph.replay()
+    return g.codes.clone(), None if g.ent is None else g.ent.clone()

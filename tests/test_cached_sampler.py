@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from pyinpaint.config import StructureConfig, structure_preset, texture_preset, vqvae_preset
+from pyinpaint.config import StructureConfig, structure_preset, vqvae_preset
 from pyinpaint.inpainter import SAMPLERS, Inpainter
 from pyinpaint.models import layers
 from pyinpaint.models.layers import CausalSelfAttention, GatedResBlock, WNConv2d, concat_elu
 from pyinpaint.models.structure import PixelCNN, StructureGenerator
-from pyinpaint.models.texture import TextureGenerator
 from pyinpaint.models.vqvae import VQVAE
 from pyinpaint.modelfile import save_model
+from conftest import lively_generator
 from pyinpaint.sampler import draw, entropy_bits, gumbel_noise, sample_cached, sample_naive
 
 DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id="f32")]
@@ -339,12 +339,7 @@ def inpainter(tmp_path_factory):
     liven(structure.pixelcnn, 8)
     with torch.no_grad():
         structure.pixelcnn.logits.g.mul_(20)
-    texture = TextureGenerator(texture_preset("tiny"))
-    with torch.no_grad():  # a texture generator whose output visibly depends on the structure
-        for name, p in texture.named_parameters():
-            if name.endswith("weight"):
-                p.mul_(2.5)
-    save_model(path, VQVAE(vqvae_preset("tiny")), structure, texture)
+    save_model(path, VQVAE(vqvae_preset("tiny")), structure, lively_generator())
     return Inpainter.load(path, "cpu")
 
 
@@ -361,3 +356,30 @@ def test_inpainter_cached_is_the_default_and_equals_naive(inpainter):
     assert torch.equal(naive.codes, cached.codes) and torch.equal(default.codes, cached.codes)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(naive.images, cached.images))
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(default.images, cached.images))
+
+
+def test_graph_sampler_needs_cuda(tiny, inpainter):
+    pixelcnn, h, codebook = tiny
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        sample_cached(pixelcnn, h, codebook, seed=0, cuda_graph=True)
+    image = np.zeros((32, 32, 3), np.uint8)
+    hole = np.ones((32, 32), bool)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        inpainter.sample(image, hole, n=1, seed=0, sampler="graph")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_sampler_replays_the_eager_codes(tiny):
+    from pyinpaint import sampler as sampling
+
+    pixelcnn, h, codebook = tiny
+    pixelcnn, h, codebook = pixelcnn.cuda(), h.cuda(), codebook.cuda()
+    for seed in (0, 1, 2):  # the first call captures, the others replay the same graph with new noise
+        eager = sample_cached(pixelcnn, h, codebook, seed=seed, top_k=5, entropy=True)
+        graphed = sample_cached(pixelcnn, h, codebook, seed=seed, top_k=5, entropy=True, cuda_graph=True)
+        assert torch.equal(eager.codes, graphed.codes) and torch.equal(eager.embeddings, graphed.embeddings)
+        torch.testing.assert_close(eager.entropy, graphed.entropy)
+    assert len(sampling._GRAPHS[pixelcnn]) == 1
+    other_h = h.flip(0)  # new inputs into the same graph
+    assert torch.equal(sample_cached(pixelcnn, other_h, codebook, seed=5, top_k=5, cuda_graph=True).codes,
+                       sample_cached(pixelcnn, other_h, codebook, seed=5, top_k=5).codes)

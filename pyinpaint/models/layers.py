@@ -230,8 +230,10 @@ class WNConv2d(nn.Module):
             return m.permute(0, 2, 3, 1).reshape(o, -1).contiguous().t()
 
         by_conv = batch * width >= ROWS_BY_CONV_MIN  # one of the two layouts of the whole-row filter rows is kept
+        sign = w.new_ones(2, 1)
+        sign[1] = -1.0  # a fill, not a host-to-device copy: init_state runs inside a CUDA-graph capture too
         state = CausalConvState(
-            concat_elu, width, rows, self.b.detach().clone(), w.new_tensor([[1.0], [-1.0]]), by_conv,
+            concat_elu, width, rows, self.b.detach().clone(), sign, by_conv,
             w[:, :, :n].contiguous() if n and by_conv else None, transposed(w[:, :, :n]) if n and not by_conv else None,
             rows.as_strided((batch, width, n, kw, cin), (kh * wp * cin, cin, wp * cin, cin, 1)) if n else None,
             None, None, [slot(rows[:, -1, left:left + width])], [], [])
