@@ -102,3 +102,32 @@ def tiny_model_dir(tmp_path_factory):
     save_model(path, VQVAE(vqvae_preset("tiny")), StructureGenerator(structure_preset("tiny")), lively_generator(),
                Discriminator(texture_preset("tiny")), source={"test": True})
     return path
+
+
+# Triton helpers shared by the kernel tests.
+def skip_unless_triton(*tensors):
+    from pyinpaint.kernels import _triton
+
+    why = _triton.triton_unavailable_reason(*tensors)
+    if why is not None:
+        pytest.skip(f"Triton kernel cannot run here: {why}")
+
+
+def run_compile_script(script: str, tmp_path: Path) -> None:
+    """Run a kernel-compilation script (for a GPU target, no GPU needed) in a fresh interpreter without
+    TRITON_INTERPRET; exit status 3 = skip (its stdout says why), anything but a final "ok" fails."""
+    import subprocess
+    import sys
+
+    from pyinpaint.kernels import _triton
+
+    if not _triton.HAS_TRITON:
+        pytest.skip("triton is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    path = tmp_path / "compile_sm90.py"  # triton.jit needs its source in a file
+    path.write_text(script)
+    proc = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode == 3:
+        pytest.skip(proc.stdout.strip())
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]

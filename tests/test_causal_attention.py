@@ -25,15 +25,13 @@ import torch.nn.functional as F
 
 from pyinpaint.kernels import _triton
 from pyinpaint.kernels import causal_attention as ca
+from conftest import skip_unless_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAN = float("nan")
 
 
-def _skip_unless_triton(*tensors):
-    why = _triton.triton_unavailable_reason(*tensors)
-    if why is not None:
-        pytest.skip(f"Triton kernel cannot run here: {why}")
+_skip_unless_triton = skip_unless_triton
 
 
 def _gen(seed):

@@ -15,9 +15,6 @@ Correctness rules (see docs/kernel-notes.md):
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -26,6 +23,7 @@ import torch.nn.functional as F
 
 from pyinpaint.kernels import _triton
 from pyinpaint.kernels import causal_conv as cc
+from conftest import skip_unless_triton, run_compile_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 U32 = 2.0 ** -24
@@ -46,10 +44,7 @@ SHAPE_IDS = ["N{}C{}O{}H{}W{}".format(*s) for s in SHAPES]
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
-def _skip_unless_triton(*tensors):
-    why = _triton.triton_unavailable_reason(*tensors)
-    if why is not None:
-        pytest.skip(f"Triton kernel cannot run here: {why}")
+_skip_unless_triton = skip_unless_triton
 
 
 def _randn(*shape, dtype=torch.float32, seed=0, scale=1.0):
@@ -527,16 +522,7 @@ def test_kernels_compile_for_sm90(tmp_path):
                      dict(flags, BLOCK_O=64, BLOCK_C=64, BLOCK_M=red))
         print("ok")
     """)
-    if not _triton.HAS_TRITON:
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    path = tmp_path / "compile_sm90.py"  # triton.jit needs its source in a file
-    path.write_text(script)
-    proc = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode == 3:
-        pytest.skip(proc.stdout.strip())
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_compile_script(script, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,9 +15,6 @@ Correctness rules (docs/kernel-notes.md):
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -25,15 +22,13 @@ import torch
 
 from pyinpaint.kernels import _triton
 from pyinpaint.kernels import decode_attention as da
+from conftest import skip_unless_triton, run_compile_script
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAN = float("nan")
 
 
-def _skip_unless_triton(*tensors):
-    why = _triton.triton_unavailable_reason(*tensors)
-    if why is not None:
-        pytest.skip(f"Triton kernel cannot run here: {why}")
+_skip_unless_triton = skip_unless_triton
 
 
 def _inputs(B, H, dk, L, C, *, dtype=torch.float32, seed=0, layout="contiguous", mult=1.0):
@@ -329,16 +324,7 @@ def test_kernels_compile_for_sm90(tmp_path):
                      dict(BLOCK_S=8, BLOCK_C=128), 4)
         print("ok")
     """)
-    if not _triton.HAS_TRITON:
-        pytest.skip("triton is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    path = tmp_path / "compile_sm90.py"  # triton.jit needs its source in a file
-    path.write_text(script)
-    proc = subprocess.run([sys.executable, str(path)], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode == 3:
-        pytest.skip(proc.stdout.strip())
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+    run_compile_script(script, tmp_path)
 
 
 def test_launcher_validation():

@@ -17,16 +17,14 @@ import pytest
 import torch
 
 from pyinpaint.kernels import _triton, vq
+from conftest import skip_unless_triton
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 U32 = 2.0 ** -24
 POISON_IDX = -7  # never a valid index
 
 
-def _skip_unless_triton(*tensors):
-    why = _triton.triton_unavailable_reason(*tensors)
-    if why is not None:
-        pytest.skip(f"Triton kernel cannot run here: {why}")
+_skip_unless_triton = skip_unless_triton
 
 
 def _randn(*shape, dtype=torch.float32, seed=0, scale=1.0, offset=0.0):
