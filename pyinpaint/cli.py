@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="center, random, protocol, box, stroke, or a folder of mask files (nonzero = hole); "
                           "repeat for several (e.g. --masks center --masks ../shared/data/masks/nvidia-irregular-256)")
     evi.add_argument("-n", type=int, default=10, help="samples per case (default 10)")
-    evi.add_argument("--limit", type=int, default=100, help="first N images of the folder (default 100)")
+    evi.add_argument("--limit", type=int, default=100,
+                     help="N images evenly spread over the folder's sorted list (default 100)")
     evi.add_argument("--per-block", type=int, default=50,
                      help="masks drawn (seeded) from each block of a mask folder (default 50)")
     evi.add_argument("--size", type=int, default=256, help="evaluation size: images are resized to it (default 256)")

@@ -223,6 +223,14 @@ def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed
     return cases
 
 
+def spread(items: list, count: int) -> list:
+    """``count`` items evenly spread over ``items`` (all of them when there are fewer): a fixed subset that covers
+    a sorted folder from end to end (All-Age-Faces file names sort by age, for example)."""
+    if count >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // count] for i in range(count)]
+
+
 def _load_eval_image(path: Path, size: int):
     """The ground truth of a case: the image resized to ``size`` (the evaluation recipe), as H x W x 3 uint8."""
 
@@ -236,8 +244,8 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  out: str | Path | None = None, device: str | torch.device = "cpu",
                  progress: bool = True) -> dict:
-    """Evaluate a model (None: the default model) on ``images`` (the first ``limit`` of the folder, resized to
-    ``size``) with each of ``masks`` (see :func:`_cases`). Returns {"rows": one dict per (case, method),
+    """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
+    its sorted list (see :func:`spread`), resized to ``size``) with each of ``masks`` (see :func:`_cases`). Returns {"rows": one dict per (case, method),
     "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png."""
     import time
 
@@ -251,9 +259,9 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}: expected some of {', '.join(BASELINES)}")
-    paths = list_images(images)[:limit]
-    if not paths:
-        raise ValueError(f"no images in {images}")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    paths = spread(list_images(images), limit)
     inp = get_inpainter(model, device)
     cases = _cases(paths, list(masks), size, per_block, seed)
     rows: list[dict] = []

@@ -71,6 +71,14 @@ def test_pairwise_l1_and_summaries():
                  "l1_best": 0.1, "l1_mean": pytest.approx(0.2)}
 
 
+def test_spread():
+    from pyinpaint.evaluate import spread
+
+    assert spread(list(range(10)), 5) == [0, 2, 4, 6, 8]
+    assert spread(list(range(10)), 3) == [0, 3, 6]
+    assert spread([1, 2], 5) == [1, 2]
+
+
 def test_nvidia_blocks():
     assert nvidia_block("masks/00000.png") == "01-10%"
     assert nvidia_block("01999.png") == "01-10%"
@@ -149,6 +157,8 @@ def test_eval_inpaint_errors(tiny_model_dir, eval_images, tmp_path):
         eval_inpaint(tiny_model_dir, eval_images, ["center"], n=0, progress=False)
     with pytest.raises(ValueError, match="unknown baseline"):
         eval_inpaint(tiny_model_dir, eval_images, ["center"], baselines=("telea", "paint"), progress=False)
+    with pytest.raises(ValueError, match="limit"):
+        eval_inpaint(tiny_model_dir, eval_images, ["center"], limit=0, progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError):
