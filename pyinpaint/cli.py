@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--feature-weight", type=float, default=0.1, help="weight of each VQ feature loss (official 0.1)")
     _add_train_common(tt, lr=1e-4, batch_size=8, ema_decay=0.0)
 
-    ev = sub.add_parser("eval", help="evaluate a trained stage", description="Evaluate a trained stage.")
+    ev = sub.add_parser("eval", help="evaluate a trained stage, or a whole model's inpainting",
+                        description="Evaluate a trained stage (vqvae, structure) or a whole model (inpaint).")
     esub = ev.add_subparsers(dest="stage", required=True, metavar="STAGE")
     evv = esub.add_parser("vqvae", help="reconstruction MSE and codebook usage of a VQ-VAE run",
                           description="Reconstruction MSE on the official [-1, 1] scale (paper Table 3: 0.0033 "
