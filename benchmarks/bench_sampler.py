@@ -70,22 +70,31 @@ class _Stop(Exception):
     pass
 
 
-def _naive_partial(net, h, codebook, positions: int) -> tuple[float, list[float]]:
-    """sample_naive itself, stopped (through its progress hook) after ``positions`` positions: (start, the time
-    each position finished)."""
-    stamps: list[float] = []
-
+def _run_until(sampler, net, h, codebook, positions: int, on_position=None) -> None:
+    """``sampler(net, h, codebook, seed=0)`` itself, stopped through its progress hook after ``positions``
+    positions; ``on_position(p)`` is called after each."""
     def progress(p):
-        _sync()
-        stamps.append(time.perf_counter())
+        if on_position is not None:
+            on_position(p)
         if p + 1 == positions:
             raise _Stop
 
-    start = time.perf_counter()
     try:
-        sample_naive(net, h, codebook, seed=0, progress=progress)
+        sampler(net, h, codebook, seed=0, progress=progress)
     except _Stop:
         pass
+
+
+def _naive_partial(net, h, codebook, positions: int) -> tuple[float, list[float]]:
+    """sample_naive stopped after ``positions`` positions: (start, the time each position finished)."""
+    stamps: list[float] = []
+
+    def stamp(p):
+        _sync()
+        stamps.append(time.perf_counter())
+
+    start = time.perf_counter()
+    _run_until(sample_naive, net, h, codebook, positions, stamp)
     return start, stamps
 
 
@@ -232,17 +241,8 @@ def layer_timers():
 
 
 def _cached_rows(net, h, codebook, rows: int) -> float:
-    stop = rows * h.shape[-1]
-
-    def progress(p):
-        if p + 1 == stop:
-            raise _Stop
-
     t = time.perf_counter()
-    try:
-        sample_cached(net, h, codebook, seed=0, progress=progress)
-    except _Stop:
-        pass
+    _run_until(sample_cached, net, h, codebook, rows * h.shape[-1])
     return time.perf_counter() - t
 
 

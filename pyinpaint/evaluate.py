@@ -265,12 +265,14 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     inp = get_inpainter(model, device)
     cases = _cases(paths, list(masks), size, per_block, seed)
     rows: list[dict] = []
-    shown: list[tuple[int, Case, "np.ndarray", dict]] = []  # for the picture: (case, ground truth, fills by method)
-    truth_cache: dict[Path, np.ndarray] = {}
+    # The picture shows the 4 cases where pyinpaint's best-of-n PSNR is furthest above the first baseline's (Telea's
+    # by default; else its own PSNR) and the 4 furthest below: only those 8 candidates' fills are kept.
+    ref = next((b for b in BASELINES if b in baselines), None)
+    shown: list[tuple[float, int, Case, dict]] = []  # (margin, case number, case, fills by method), by margin
+    scored = 0
+    truths = {path: _load_eval_image(path, size) for path in paths}  # each image once (cases reuse them per block)
     for i, case in enumerate(tqdm(cases, desc="eval inpaint", disable=not progress)):
-        if case.image not in truth_cache:
-            truth_cache = {case.image: _load_eval_image(case.image, size)}  # cases come grouped by block, not image
-        truth = truth_cache[case.image]
+        truth = truths[case.image]
         if not case.hole.any():
             continue
         base = {"case": i, "image": case.image.name, "mask": case.mask, "block": case.block,
@@ -283,17 +285,24 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                      "diversity": pairwise_l1(fills, case.hole), "seconds": seconds})
         best = fills[int(np.argmax([s["psnr"] for s in scores]))]
         by_method = {"pyinpaint": best, "pyinpaint 2": fills[0], "pyinpaint 3": fills[min(1, n - 1)]}
+        ref_psnr = 0.0
         for b in baselines:
             t0 = time.perf_counter()
             fill = baseline_fill(b, truth, case.hole)
             seconds = time.perf_counter() - t0
-            rows.append({**base, "method": b, **summarize([hole_metrics(fill, truth, case.hole)]),
-                         "diversity": 0.0, "seconds": seconds})
+            metrics = hole_metrics(fill, truth, case.hole)
+            rows.append({**base, "method": b, **summarize([metrics]), "diversity": 0.0, "seconds": seconds})
             by_method[b] = fill
-        shown.append((i, case, truth, by_method))
+            ref_psnr = metrics["psnr"] if b == ref else ref_psnr
+        margin = max(s["psnr"] for s in scores) - ref_psnr
+        shown = sorted(shown + [(margin, i, case, by_method)], key=lambda t: (t[0], t[1]))
+        if len(shown) > 8:
+            del shown[4]  # neither among the 4 lowest nor the 4 highest
+        scored += 1
     summary = summarize_rows(rows)
     if out is not None:
-        _write_eval(Path(out), rows, summary, shown)
+        picks = shown[4:][::-1] + shown[:4] if scored > 8 else shown[::-1]
+        _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks])
     return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory")}
 
 
@@ -328,7 +337,8 @@ def format_summary(summary: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list) -> None:
+def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Case, np.ndarray, dict]]) -> None:
+    """results.csv, summary.csv, and best_worst.png from ``shown``: rows of (case, ground truth, fills by method)."""
     import csv
     import io as _io
 
@@ -349,14 +359,9 @@ def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list) -> None
     write_csv(out / "summary.csv", [{"block": b, "method": m, **s} for b, ms in summary.items() for m, s in ms.items()])
     if not shown:
         return
-    # the 4 best and 4 worst cases by how far pyinpaint's best-of-n PSNR is above Telea's (else its own PSNR)
-    psnr = {(r["case"], r["method"]): r["psnr_best"] for r in rows}
-    ref = next((b for b in BASELINES if any(k[1] == b for k in psnr)), None)
-    order = sorted(shown, key=lambda s: psnr[(s[0], "pyinpaint")] - (psnr[(s[0], ref)] if ref else 0.0))
-    picks = order[-4:][::-1] + order[:4] if len(order) > 8 else order[::-1]
     to_t = lambda a: _torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 127.5 - 1  # noqa: E731
     grid = []
-    for _, case, truth, fills in picks:
+    for case, truth, fills in shown:
         masked = truth.copy()
         masked[case.hole] = 128
         grid.append([to_t(truth), to_t(masked)] + [to_t(f) for f in fills.values()])

@@ -183,3 +183,33 @@ def test_demo_cli(tiny_model_dir, tmp_path, capsys):
     assert grid.size == (5 * 256 + 4 * 2, 256)  # original, masked, 3 completions of the 256 px face
     assert "3 completions" in capsys.readouterr().out
     assert main(["demo", "--model", str(tiny_model_dir), "-o", str(out), "-n", "0"]) == 2
+
+
+def test_best_worst_picture_shows_the_extreme_cases(tiny_model_dir, eval_images, nvidia_masks, tmp_path):
+    """More than 8 cases: the rows are the 4 cases furthest above Telea's PSNR (best first), then the 4 furthest
+    below (worst first); each row starts with the original and the masked image of its case."""
+    from pyinpaint.data import list_images
+    from pyinpaint.evaluate import _load_eval_image
+
+    out = tmp_path / "eval"
+    size, gap = 48, 2
+    masks = ["center", "random", "stroke", str(nvidia_masks)]
+    res = eval_inpaint(tiny_model_dir, eval_images, masks, n=2, size=size, per_block=2, out=out, progress=False)
+    assert res["cases"] == 3 * 3 + 4
+    psnr = {(r["case"], r["method"]): r["psnr_best"] for r in res["rows"]}
+    cases = sorted({r["case"] for r in res["rows"]})
+    margin = sorted(cases, key=lambda c: (psnr[(c, "pyinpaint")] - psnr[(c, "telea")], c))
+    expected = margin[-4:][::-1] + margin[:4]
+    picture = np.asarray(Image.open(out / "best_worst.png").convert("RGB")).astype(int)
+    assert picture.shape[0] == 8 * size + 7 * gap
+    by_case = {r["case"]: r for r in res["rows"] if r["method"] == "pyinpaint"}
+    all_cases = _cases(list_images(eval_images), masks, size, 2, 0)
+    for row, c in enumerate(expected):
+        case = all_cases[c]
+        assert case.image.name == by_case[c]["image"]
+        truth = _load_eval_image(case.image, size).astype(int)
+        masked = truth.copy()
+        masked[case.hole] = 128
+        top = row * (size + gap)
+        assert np.abs(picture[top:top + size, :size] - truth).max() <= 1
+        assert np.abs(picture[top:top + size, size + gap:2 * size + gap] - masked).max() <= 1

@@ -7,6 +7,7 @@ numbers. The official TF names of the layers live in :mod:`pyinpaint.models.offi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -321,9 +322,9 @@ class AttentionState:
     out_bias: torch.Tensor  # position 0 attends to nothing: its output is the out projection's bias
     keys_t: torch.Tensor  # [B, heads, dk, L] (transposed: the scores are one [1, dk] x [dk, p] product per head)
     inputs: torch.Tensor  # [B, L, C]
-    # The decode-attention op's backend, chosen at the first step that attends (None: not yet): "triton" when its
-    # auto dispatch picks the kernel (CUDA), else the matmul path below (measured fast on the CPU).
-    decode_backend: str | None = None
+    # The Triton decode-attention kernel when the op's auto dispatch picks it for these caches (CUDA), chosen once in
+    # init_state; None: the matmul path of ``step`` (measured fast on the CPU).
+    decode: Callable[..., torch.Tensor] | None = None
     pos_t: torch.Tensor | None = None  # int32 [1] on the device: the position as the kernel reads it (Triton only)
 
 
@@ -364,8 +365,13 @@ class CausalSelfAttention(nn.Module):
         mix = torch.einsum("hdc,ohd->hco", w3[:, 2 * dk:], w_o).reshape(h * c, c).contiguous()
         mix_bias = b_out + torch.einsum("ohd,hd->o", w_o, b3[:, 2 * dk:])
         qk_t = (w3[:, :2 * dk] * scale[:, None]).reshape(-1, c).t()
-        return AttentionState(qk_t, (b3[:, :2 * dk] * scale).reshape(-1), mix, mix_bias, b_out,
-                              w3.new_zeros(batch, h, dk, length), w3.new_zeros(batch, length, c))
+        keys_t, inputs = w3.new_zeros(batch, h, dk, length), w3.new_zeros(batch, length, c)
+        from pyinpaint.kernels import decode_attention as da
+
+        triton = da.reason(keys_t[..., 0], keys_t, inputs).startswith("triton:")  # a query is [B, heads, dk]
+        return AttentionState(qk_t, (b3[:, :2 * dk] * scale).reshape(-1), mix, mix_bias, b_out, keys_t, inputs,
+                              da.decode_attention_triton if triton else None,
+                              torch.empty(1, dtype=torch.int32, device=w3.device) if triton else None)
 
     def step(self, state: AttentionState, x_t: torch.Tensor, pos: int) -> torch.Tensor:
         """x_t [B, C] at raster position ``pos`` -> [B, C]: attends to positions 0 .. pos-1 of the cache, then
@@ -377,17 +383,9 @@ class CausalSelfAttention(nn.Module):
         if pos == 0:
             return st.out_bias.expand(b, -1)
         q = qk[:, :, :self.dk]
-        if st.decode_backend is None:
-            from pyinpaint.kernels import decode_attention as da
-
-            st.decode_backend = "triton" if da.reason(q, st.keys_t, st.inputs).startswith("triton:") else "matmul"
-        if st.decode_backend == "triton":  # CUDA: one launch shape for every position, pos only in a device tensor
-            from pyinpaint.kernels.decode_attention import decode_attention_triton
-
-            if st.pos_t is None:
-                st.pos_t = torch.empty(1, dtype=torch.int32, device=x_t.device)
+        if st.decode is not None:  # CUDA: one launch shape for every position, pos only in a device tensor
             st.pos_t.fill_(pos)  # a fill kernel, no host-to-device copy or sync
-            mixed = decode_attention_triton(q, st.keys_t, st.inputs, st.pos_t)  # [B, heads, C]
+            mixed = st.decode(q, st.keys_t, st.inputs, st.pos_t)  # [B, heads, C]
         else:
             scores = torch.matmul(q[:, :, None], st.keys_t[:, :, :, :pos])  # [B, heads, 1, pos]
             mixed = torch.matmul(torch.softmax(scores, dim=-1).view(b, self.heads, pos), st.inputs[:, :pos])
