@@ -205,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--seed", type=int, default=0)
     en.add_argument("--invert-mask", action="store_true", help="the mask file marks the hole with 0")
     en.add_argument("--device", default="auto")
+
+    se = sub.add_parser("serve", help="a page in the browser: paint a hole, browse n fills (the serve extra)",
+                        description="Start a local web server with a page to open a photo, paint the hole (or load a "
+                                    "mask), and browse, compare and download n diverse fills. Needs the serve extra: "
+                                    "pip install \"pyinpaint[serve]\". One model per name is loaded once; one sampling "
+                                    "runs at a time, the others wait in a queue.")
+    se.add_argument("--model", help="a shipped model's name, or a model directory (default: the shipped faces model)")
+    se.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1, this machine only; there is no login)")
+    se.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    se.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    se.add_argument("--max-upload-mb", type=float, default=20, help="largest request body, MB (default 20)")
+    se.add_argument("--max-side", type=int, default=4096, help="largest image width or height, pixels (default 4096)")
+    se.add_argument("--max-n", type=int, default=32, help="most fills per request (default 32)")
     return parser
 
 
@@ -469,6 +483,16 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(a: argparse.Namespace) -> int:
+    from pyinpaint.serve import Limits, serve
+
+    if a.max_upload_mb <= 0 or a.max_side < 1 or a.max_n < 1:
+        raise ValueError("--max-upload-mb, --max-side and --max-n must be positive")
+    serve(a.model, host=a.host, port=a.port, device=None if a.device == "auto" else a.device,
+          limits=Limits(max_upload_bytes=int(a.max_upload_mb * 2 ** 20), max_side=a.max_side, max_n=a.max_n))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae,
@@ -476,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                 ("train", "texture"): _train_texture,
                 ("entropy", None): _entropy, ("sample", None): _sample, ("export", None): _export,
                 ("convert-official", None): _convert_official, ("eval", "inpaint"): _eval_inpaint,
-                ("demo", None): _demo}
+                ("demo", None): _demo, ("serve", None): _serve}
     try:
         return handlers[(a.command, getattr(a, "stage", None))](a)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
