@@ -356,6 +356,11 @@ function openViewer(i) {
   link.download = `pyinpaint-fill-${state.viewing + 1}-seed${r.seed}.png`;
   setCompare();
   $("viewer").hidden = false;
+  // as large as the window allows (small photos scaled up), the original exactly over the fill
+  const o = document.querySelector("#grid img.original");
+  const w = o.naturalWidth || 512, h = o.naturalHeight || 512;
+  const scale = Math.min(0.9 * window.innerWidth / w, 0.8 * window.innerHeight / h);
+  $("view-fill").style.width = `${Math.round(w * scale)}px`;
 }
 
 function setCompare(showAll) {
