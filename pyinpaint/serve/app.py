@@ -93,7 +93,7 @@ def create_app(models: Models, limits: Limits = Limits(), trusted_hosts: list[st
 
     async def info(request: Request) -> Response:
         return JSONResponse({"models": models.names, "model": models.default, "strategies": list(strategies()),
-                             "device": str(models.device or "auto"),
+                             "device": models.device_name(),
                              "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_side": limits.max_side,
                                         "max_n": limits.max_n}})
 

@@ -184,6 +184,13 @@ class Models:
     def names(self) -> list[str]:
         return list(self._choices)
 
+    def device_name(self) -> str:
+        """The device the models run on: the default model's once loaded, else the one asked for ("auto": CUDA when
+        available, else the CPU)."""
+        with self._lock:
+            inp = self._loaded.get(self.default)
+        return str(inp.device) if inp is not None else str(self.device or "auto")
+
     def get(self, name: str) -> Inpainter:
         with self._lock:
             if name not in self._loaded:
