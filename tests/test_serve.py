@@ -13,7 +13,7 @@ from skimage import data as skdata
 pytest.importorskip("starlette", reason="the serve extra is not installed: pip install '.[serve]'")
 pytest.importorskip("multipart", reason="the serve extra is not installed: pip install '.[serve]'")
 with warnings.catch_warnings():  # Starlette >= 1.x prefers httpx2 and warns about httpx; both work
-    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
     from starlette.testclient import TestClient  # noqa: E402
 
 from pyinpaint.serve import Limits, Models, model_choices  # noqa: E402

@@ -43,12 +43,14 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server():
-    """`pyinpaint serve` as a user starts it, on a free port; yields the address it prints."""
+def server(tmp_path_factory):
+    """`pyinpaint serve` as a user starts it, on a free port; yields the address it prints. It runs outside the
+    checkout (`python -m` puts its folder first on the path), so it imports the installed package."""
     pytest.importorskip("uvicorn", reason="the serve extra is not installed: pip install '.[serve]'")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "pyinpaint", "serve", "--port", "0", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            cwd=tmp_path_factory.mktemp("serve-cwd"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     try:
         lines = []
         for line in proc.stdout:  # the address line comes once the model is loaded and the port bound
@@ -131,4 +133,68 @@ def test_draw_a_stroke_and_get_fills(browser, server, tmp_path, record_property)
         page.screenshot(path=str(shot), full_page=True)
         record_property("screenshot", str(shot))
         print(f"screenshot: {shot}")
+        page.close()
+
+
+@pytest.mark.slow
+def test_tools_and_errors_on_the_page(browser, server, tmp_path):
+    """Drop a photo, paint, erase, undo, clear, load a mask file; errors of the server appear on the page."""
+    photo = np.array(Image.fromarray(skdata.chelsea()).resize((150, 100)))
+    mask = np.zeros((100, 150), np.uint8)
+    mask[40:60, 50:90] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="PNG")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    holes = """() => { const c = document.getElementById('mask');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }"""
+    try:
+        page.goto(server)
+        page.wait_for_function("() => document.getElementById('model').options.length > 0")
+        # drop the photo on the stage
+        page.evaluate("""async (bytes) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], 'cat.png', {type: 'image/png'}));
+            document.getElementById('stage').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+        }""", list(buf.getvalue()))
+        page.wait_for_selector("#mask:not([hidden])")
+        assert page.evaluate("() => [document.getElementById('mask').width, document.getElementById('mask').height]") \
+            == [150, 100]
+        page.click("#inpaint")  # nothing painted yet
+        assert "mask is empty" in page.locator("#error").text_content()
+        box = page.locator("#mask").bounding_box()
+
+        def stroke(fx0, fx1, fy):
+            page.mouse.move(box["x"] + fx0 * box["width"], box["y"] + fy * box["height"])
+            page.mouse.down()
+            page.mouse.move(box["x"] + fx1 * box["width"], box["y"] + fy * box["height"], steps=8)
+            page.mouse.up()
+
+        stroke(0.2, 0.8, 0.5)
+        painted = page.evaluate(holes)
+        assert painted > 200
+        page.click("#eraser")
+        stroke(0.1, 0.9, 0.5)
+        assert page.evaluate(holes) < painted / 4
+        page.click("#undo")
+        assert page.evaluate(holes) == painted
+        page.click("#clear")
+        assert page.evaluate(holes) == 0
+        page.click("#undo")
+        assert page.evaluate(holes) == painted
+        page.click("#clear")
+        page.set_input_files("#mask-file", str(tmp_path / "mask.png"))
+        page.wait_for_function(f"() => ({holes})() === {int((mask > 0).sum())}")
+        # an option the model refuses: the job fails, the page says why, and the next request works
+        page.fill("#top_k", "100000")
+        page.fill("#n", "1")
+        page.click("#inpaint")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "top_k" in page.locator("#error").text_content()
+        page.fill("#top_k", "")
+        page.click("#inpaint")
+        page.wait_for_function("() => document.querySelectorAll('#grid img.fill').length === 1", timeout=120_000)
+        assert page.locator("#error").is_hidden()
+    finally:
         page.close()

@@ -296,7 +296,7 @@ async function inpaint(ev) {
       } else if (st.total && st.done < st.total) {
         setProgress(st.done / st.total, `sampling structures: ${st.done} / ${st.total}`);
       } else {
-        setProgress(st.total ? 1 : -1, st.total ? "generating textures…" : "loading the model…");
+        setProgress(st.total ? 1 : -1, st.total ? "generating textures…" : "preparing…");
       }
       await sleep(250);
       st = await (await api(`/api/jobs/${st.job}`)).json();
