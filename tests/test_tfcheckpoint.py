@@ -1,4 +1,4 @@
-"""TensorFlow V2 checkpoint reader/writer (pyinpaint.tfcheckpoint): no TensorFlow, no fixture needed except for
+"""TensorFlow V2 checkpoint reader (pyinpaint.tfcheckpoint) and the tests' writer (tests/tfwriter.py): no TensorFlow, no fixture needed except for
 the real-checkpoint tests, which skip when the official parity fixtures are absent."""
 import os
 import struct
@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tfwriter as tfw
+from tfwriter import write_checkpoint
 
 from pyinpaint import tfcheckpoint as tfc
-from pyinpaint.tfcheckpoint import CheckpointError, list_variables, read_checkpoint, resolve_prefix, write_checkpoint
+from pyinpaint.tfcheckpoint import CheckpointError, list_variables, read_checkpoint, resolve_prefix
 
 DATA = ".data-00000-of-00001"
 
@@ -146,7 +148,7 @@ def test_snappy_decoder():
     assert d(enc, "t") == lit * 2                                                    # long literal, 2-byte copies
     enc4 = bytes([8]) + b"\x08xyz" + bytes([(5 - 1) << 2 | 3]) + (1).to_bytes(4, "little")
     assert d(enc4, "t") == b"xyzzzzzz"                                               # 4-byte offset, run
-    assert d(tfc._snappy_literal(lit * 700), "t") == lit * 700
+    assert d(tfw._snappy_literal(lit * 700), "t") == lit * 700
     with pytest.raises(CheckpointError, match="offset"):
         d(b"\x05\x11\x03", "t")                                                      # copy before any output
     with pytest.raises(CheckpointError, match="header says"):
@@ -250,9 +252,9 @@ def test_unknown_name(ckpt):
 
 
 def _entry(dtype: int, shape, offset: int, data: bytes, extra: bytes = b"") -> bytes:
-    shape_msg = b"".join(tfc._pb_bytes(2, tfc._pb_varint(1, d) if d else b"") for d in shape)
-    return (tfc._pb_varint(1, dtype) + tfc._pb_bytes(2, shape_msg) + tfc._pb_varint(4, offset)
-            + tfc._pb_varint(5, len(data)) + tfc._pb_fixed32(6, tfc._mask(tfc.crc32c(data))) + extra)
+    shape_msg = b"".join(tfw._pb_bytes(2, tfw._pb_varint(1, d) if d else b"") for d in shape)
+    return (tfw._pb_varint(1, dtype) + tfw._pb_bytes(2, shape_msg) + tfw._pb_varint(4, offset)
+            + tfw._pb_varint(5, len(data)) + tfw._pb_fixed32(6, tfc._mask(tfc.crc32c(data))) + extra)
 
 
 def _raw_bundle(prefix: Path, tensors: dict[str, tuple[int, tuple, bytes, bytes]], big_endian: bool = False) -> Path:
@@ -263,9 +265,9 @@ def _raw_bundle(prefix: Path, tensors: dict[str, tuple[int, tuple, bytes, bytes]
         items.append((name.encode(), _entry(dtype, shape, offset, raw, extra)))
         data += raw
         offset += len(raw)
-    header = tfc._pb_varint(1, 1) + (tfc._pb_varint(2, 1) if big_endian else b"") + tfc._pb_bytes(3, tfc._pb_varint(1, 1))
+    header = tfw._pb_varint(1, 1) + (tfw._pb_varint(2, 1) if big_endian else b"") + tfw._pb_bytes(3, tfw._pb_varint(1, 1))
     Path(str(prefix) + DATA).write_bytes(data)
-    Path(str(prefix) + ".index").write_bytes(tfc._build_table([(b"", header)] + items, block_size=4096,
+    Path(str(prefix) + ".index").write_bytes(tfw._build_table([(b"", header)] + items, block_size=4096,
                                                               restart_interval=16))
     return prefix
 
@@ -282,7 +284,7 @@ def test_bfloat16_big_endian_and_unsupported(tmp_path):
     assert _same(read_checkpoint(p)["x"], np.arange(4, dtype=np.float32).reshape(2, 2))
 
     p = _raw_bundle(tmp_path / "bad", {"weird": (99, (1,), b"\x00" * 4, b""), "var": (21, (), b"", b""),
-                                       "part": (1, (4,), b"", tfc._pb_bytes(7, b"")), "ok": (1, (), b"\x00" * 4, b"")})
+                                       "part": (1, (4,), b"", tfw._pb_bytes(7, b"")), "ok": (1, (), b"\x00" * 4, b"")})
     assert _same(read_checkpoint(p, names=["ok"])["ok"], np.array(0, np.float32))
     with pytest.raises(CheckpointError, match="unknown dtype enum 99") as e:
         read_checkpoint(p, names=["weird"])
