@@ -408,6 +408,27 @@ def test_convert_flag_errors(tmp_path):
         convert_official(tmp_path / "missing.ckpt", tmp_path / "m3", {"image_size": 64})
 
 
+@pytest.mark.parametrize("name,change,match", [
+    ("structure_pixelcnn/wnconv2d_5/V", lambda a: np.where(a > 0, np.nan, a), "wnconv2d_5/V: official variable holds "
+                                                                              r"\d+ NaN or infinite values"),
+    ("texture_generator/gated_conv2d_3/b", lambda a: a.astype(np.float64) * 1e300, "infinite"),
+    ("vq_decoder/conv2d_2/W", lambda a: a.astype(np.int32), "conv2d_2/W: official variable of dtype int32"),
+    ("vq_encoder/conv2d_5/b", lambda a: np.full(a.shape, b"x", dtype=object), "dtype object"),
+    ("vq_encoder/conv2d_1/W", lambda a: a[..., 0], r"vq_encoder/conv2d_1/W has shape \(4, 4, 8\), expected 4 "
+                                                     "dimensions"),  # IndexError before
+    # a width that only this variable claims: refused before the networks are built at that width
+    ("vq_encoder/conv2d_1/W", lambda a: np.zeros(a.shape[:3] + (4000,), np.float32),
+     r"vq_encoder/conv2d_0/W: official shape .* does not fit the inferred networks \(expected \(4, 4, 3, 2000\)\)"),
+])
+def test_convert_refuses_bad_variables(tmp_path, name, change, match):
+    arrays = _official_arrays(*tiny_modules())
+    arrays[name] = change(arrays[name])
+    write_checkpoint(tmp_path / "x.ckpt", arrays)
+    with pytest.raises(ValueError, match=match):
+        convert_official(tmp_path / "x.ckpt", tmp_path / "m", {"image_size": 64})
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("cfg", [
     structure_preset("tiny"), structure_preset("dev"), structure_preset("small"), structure_preset("paper"),
     # 2 heads: the attention output nin is [C, C] like the output resnets' nins; no output resnets

@@ -186,6 +186,33 @@ def test_resolve_prefix_variants(tmp_path):
         resolve_prefix(d)
 
 
+@pytest.mark.parametrize("content,match", [
+    (b'model_checkpoint_path: "' + b"x" * 5000 + b'"\n', "cannot use path"),                # name too long
+    (b'model_checkpoint_path: "' + b"d/" * 3000 + b'm"\n', "cannot use path"),              # path too long
+    (b'model_checkpoint_path: "\\377\\376"\n', "not a valid UTF-8 path"),                 # octal escapes, not UTF-8
+    (b'model_checkpoint_path: "\\xff"\n', "not a valid UTF-8 path"),
+    (b'model_checkpoint_path: "bad\\x"\n', "not a valid UTF-8 path"),                      # a broken escape
+    (b'model_checkpoint_path: "a\\000b"\n', "not a valid path"),                           # a NUL byte
+    (b'model_checkpoint_path: ""\n', "not a valid path"),
+    (b"\xff\xfe garbage", "no model_checkpoint_path"),
+    (b" " * (2 << 20), "larger than"),
+])
+def test_bad_state_file_is_a_checkpoint_error(tmp_path, content, match):
+    d = tmp_path / "run"
+    write_checkpoint(d / "model.ckpt", {"x": np.ones(2, np.float32)})
+    (d / "checkpoint").write_bytes(content)
+    with pytest.raises(CheckpointError, match=match) as e:
+        resolve_prefix(d)
+    assert str(d / "checkpoint") in str(e.value)
+
+
+def test_unusable_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot use path"):
+        resolve_prefix(tmp_path / ("x" * 5000))
+    with pytest.raises(FileNotFoundError):
+        resolve_prefix(tmp_path / "a\x00b")
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 @pytest.fixture
@@ -296,6 +323,9 @@ def test_bfloat16_big_endian_and_unsupported(tmp_path):
 
     p = _raw_bundle(tmp_path / "size", {"x": (1, (3,), b"\x00" * 8, b"")})
     with pytest.raises(CheckpointError, match="expected 12"):
+        read_checkpoint(p)
+    p = _raw_bundle(tmp_path / "bf_size", {"x": (14, (3,), b"\x00" * 5, b"")})   # an odd size for bfloat16
+    with pytest.raises(CheckpointError, match="expected 6"):
         read_checkpoint(p)
 
 
