@@ -56,19 +56,15 @@ class VQVAEConfig:
     # are divided by (1 - decay^t), so the first update sets the codebook to the batch means. False = plain EMA.
     zero_debias: bool = True
 
-
     def __post_init__(self):
-        _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "channels": (2, MAX_WIDTH), "res_blocks": (0, MAX_DEPTH),
-                             "res_channels": (1, MAX_WIDTH), "embedding_dim": (1, MAX_WIDTH),
-                             "num_embeddings": (1, MAX_CODES), "commitment_cost": (0.0, math.inf),
-                             "epsilon": (0.0, math.inf)})
+        _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "channels": (2, MAX_WIDTH),
+                             "res_blocks": (0, MAX_DEPTH), "res_channels": (1, MAX_WIDTH),
+                             "embedding_dim": (1, MAX_WIDTH), "num_embeddings": (1, MAX_CODES),
+                             "commitment_cost": (0.0, math.inf), "epsilon": (0.0, math.inf)})
         if self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 (got {self.image_size})")
         if self.channels % 2:
             raise ValueError(f"channels must be even (got {self.channels})")
-        for f in ("channels", "res_blocks", "res_channels", "embedding_dim", "num_embeddings"):
-            if getattr(self, f) < (0 if f == "res_blocks" else 1):
-                raise ValueError(f"{f} must be positive (got {getattr(self, f)})")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1) (got {self.decay})")
 
@@ -97,7 +93,6 @@ class StructureConfig:
     attention: int = 4  # nr_attention_s: groups, each ending with an attention block
     heads: int = 8  # nr_head_s
     dropout: float = 0.1  # dropout_s (training only)
-
 
     def __post_init__(self):
         _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "embedding_dim": (1, MAX_WIDTH),
@@ -183,7 +178,6 @@ class TextureConfig:
     channels: int = 64  # nr_channel_gen_t (cnum of the generator)
     dis_channels: int = 64  # nr_channel_dis_t
 
-
     def __post_init__(self):
         _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "embedding_dim": (1, MAX_WIDTH),
                              "channels": (2, MAX_WIDTH), "dis_channels": (1, MAX_WIDTH)})
@@ -192,9 +186,6 @@ class TextureConfig:
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"channels must be even and >= 2 (the first gated conv outputs channels/2), "
                              f"got {self.channels}")
-        for f in ("embedding_dim", "dis_channels"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be positive (got {getattr(self, f)})")
 
     @property
     def map_size(self) -> int:

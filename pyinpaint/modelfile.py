@@ -13,8 +13,10 @@ Layout::
 
 The config sections are the ``to_dict`` of :class:`~pyinpaint.config.VQVAEConfig`,
 :class:`~pyinpaint.config.StructureConfig` and :class:`~pyinpaint.config.TextureConfig`; ``source`` is free-form
-provenance. :func:`load_model` is the one reader; :func:`save_model` the one writer, used by :func:`export_runs`
-(three training runs) and :func:`convert_official` (an official TensorFlow checkpoint). Nothing here unpickles.
+provenance; the safetensors metadata holds a SHA-256 of the tensors (:func:`digest`). :func:`load_model` is the one
+reader (it checks everything before the networks take memory; errors are ``FileNotFoundError`` or
+:class:`ModelFileError`); :func:`save_model` the one writer, used by :func:`export_runs` (three training runs) and
+:func:`pyinpaint.official.convert_official` (an official TensorFlow checkpoint). Nothing here unpickles.
 """
 from __future__ import annotations
 

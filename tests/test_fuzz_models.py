@@ -248,7 +248,8 @@ def _mutate_entry(value: bytes, rng: random.Random) -> bytes:
         v[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 6)))
     else:  # a field appended: a huge varint, another wire type, a shape, a dtype, a shard, an offset
         field = rng.choice([1, 2, 3, 4, 5, 6, 7, 9])
-        v += rng.choice([tfw._pb_varint(field, rng.choice([0, 1, 7, 14, 20, 21, 99, 101, 2 ** 40, 2 ** 63, 2 ** 64 - 1])),
+        big = rng.choice([0, 1, 7, 14, 20, 21, 99, 101, 2 ** 40, 2 ** 63, 2 ** 64 - 1])
+        v += rng.choice([tfw._pb_varint(field, big),
                          tfw._pb_bytes(field, tfw._pb_bytes(2, tfw._pb_varint(1, rng.choice([0, 3, 2 ** 40])))),
                          tfw._pb_fixed32(field, rng.randrange(2 ** 32)), bytes([field << 3 | 3])])
     return bytes(v)

@@ -15,7 +15,8 @@ TOL = 1e-5
 @pytest.fixture
 def fixture(parity_dir):
     flags, weights, io = load_parity(parity_dir)
-    cfg = official.from_official_flags(StructureConfig, flags, dropout=0.0)  # test.py builds the PixelCNN with dropout 0
+    # test.py builds the PixelCNN with dropout 0
+    cfg = official.from_official_flags(StructureConfig, flags, dropout=0.0)
     model = StructureGenerator(cfg).eval()
     official.load_official(official.structure_names(model), weights)
     return model, weights, io

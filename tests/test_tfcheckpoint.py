@@ -1,5 +1,6 @@
-"""TensorFlow V2 checkpoint reader (pyinpaint.tfcheckpoint) and the tests' writer (tests/tfwriter.py): no TensorFlow, no fixture needed except for
-the real-checkpoint tests, which skip when the official parity fixtures are absent."""
+"""TensorFlow V2 checkpoint reader (pyinpaint.tfcheckpoint) and the tests' writer (tests/tfwriter.py): no
+TensorFlow, no fixture needed except for the real-checkpoint tests, which skip when the official parity fixtures
+are absent."""
 import os
 import struct
 from pathlib import Path
