@@ -40,7 +40,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 import numpy as np
 
