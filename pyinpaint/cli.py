@@ -399,7 +399,7 @@ def _export(a: argparse.Namespace) -> int:
 
 def _convert_official(a: argparse.Namespace) -> int:
     from pyinpaint import io
-    from pyinpaint.modelfile import convert_official
+    from pyinpaint.official import convert_official
 
     flags = dict(io.load_json(a.config)) if a.config else {}
     if isinstance(flags.get("config"), dict):  # a fixture-style file: {"config": {...flags...}, ...}
