@@ -37,7 +37,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -847,12 +846,6 @@ def write_checkpoint(prefix: str | os.PathLike, arrays: Mapping[str, object], *,
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from pyinpaint.io import atomic_write  # the package's one atomic writer
+
+    atomic_write(path, write)
