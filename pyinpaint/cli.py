@@ -478,8 +478,8 @@ def _sample(a: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if len(pairs) == 1 and todo:
         names = plan.files[pairs[0].name]
-        print(f"wrote {names[0].name} ... {names[-2].name} and {names[-1].name} to {plan.out} in {seconds:.1f} s "
-              f"(seed {seed})")
+        results = names[0].name if a.n == 1 else f"{names[0].name} ... {names[-2].name}"
+        print(f"wrote {results} and {names[-1].name} to {plan.out} in {seconds:.1f} s (seed {seed})")
     else:
         print(f"wrote {a.n} results and a grid for each of {len(todo)} image(s) to {plan.out} in {seconds:.1f} s"
               f"{f', skipped {len(plan.skip)}' if plan.skip else ''} (seed {seed})")

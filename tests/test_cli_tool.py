@@ -80,15 +80,15 @@ def test_output_folder_rules(tiny_model_dir, folders, tmp_path, capsys):
 
 def test_an_input_inside_the_output_folder_is_not_replaced(tiny_model_dir, folders, tmp_path, capsys):
     images, masks = folders
-    photo = images / "face_00.png"
-    (images / "face.png").rename(photo)
-    (masks / "face.png").rename(masks / "face_00.png")
-    before = photo.read_bytes()
-    assert _run(tiny_model_dir, photo, masks / "face_00.png", "-n", "1", "-o", images, "-q") == 0  # face_00_00.png
-    assert photo.read_bytes() == before
-    (images / "face_00_00.png").rename(images / "x.png")
-    assert _run(tiny_model_dir, images / "x.png", masks / "face_00.png", "-n", "1", "-o", images, "-q") == 1
-    assert photo.read_bytes() == before
+    users = images / "face_00.png"  # the user's own file, named like a result of face.png
+    users.write_bytes((images / "wide.png").read_bytes())
+    before = users.read_bytes()
+    assert _run(tiny_model_dir, images / "face.png", masks / "face.png", "-n", "1", "-o", images, "-q") == 1
+    assert "face_00.png" in capsys.readouterr().err and users.read_bytes() == before
+    assert not (images / "face_grid.png").exists()
+    assert _run(tiny_model_dir, images / "face.png", masks / "face.png", "-n", "1", "-o", images, "-q",
+                "--overwrite") == 0
+    assert users.read_bytes() != before  # replaced, as asked
 
 
 def test_fail_fast_before_any_model_work(tiny_model_dir, folders, tmp_path, capsys):
