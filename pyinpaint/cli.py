@@ -432,10 +432,20 @@ def _progress_bar(total: int, quiet: bool):
 
 def _sample(a: argparse.Namespace) -> int:
     from pyinpaint import io
+
+    limit = io.MAX_PIXELS
+    try:
+        if a.max_pixels:
+            io.MAX_PIXELS = a.max_pixels
+        return _sample_files(a)
+    finally:
+        io.MAX_PIXELS = limit
+
+
+def _sample_files(a: argparse.Namespace) -> int:
+    from pyinpaint import io
     from pyinpaint.inpainter import Inpainter, model_path, resolve_device
 
-    if a.max_pixels:
-        io.MAX_PIXELS = a.max_pixels
     # Every check before any model work: inputs paired, output folder, device, options, then each input read.
     pairs = io.pair_inputs(a.inputs)
     plan = io.plan_outputs(a.out, [p.name for p in pairs], a.n, overwrite=a.overwrite, skip_existing=a.skip_existing)
@@ -454,8 +464,7 @@ def _sample(a: argparse.Namespace) -> int:
     for i, p in enumerate(todo):
         def progress(done: int, total: int, i=i) -> None:
             if bar is not None:
-                bar.n = i + done / total
-                bar.refresh()
+                bar.update(i + done / total - bar.n)  # redrawn at most every 0.1 s
 
         t1 = time.perf_counter()
         with warnings.catch_warnings():
@@ -468,8 +477,7 @@ def _sample(a: argparse.Namespace) -> int:
         for img, f in zip([*res.images, _sample_grid(res)], files):
             io.save_image(f, img, overwrite=f in replace)
         if bar is not None:
-            bar.n = i + 1
-            bar.refresh()
+            bar.update(i + 1 - bar.n)
         elif not a.quiet and len(todo) > 1:
             print(f"[{i + 1}/{len(todo)}] {p.image}: {a.n} results in {time.perf_counter() - t1:.1f} s",
                   file=sys.stderr)

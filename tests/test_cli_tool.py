@@ -130,6 +130,15 @@ def test_exit_codes_version_and_debug(tiny_model_dir, folders, tmp_path, capsys)
     assert "device" in capsys.readouterr().err
 
 
+def test_max_pixels_option(tiny_model_dir, folders, tmp_path, capsys):
+    from pyinpaint import io
+
+    images, masks = folders
+    limit = io.MAX_PIXELS
+    assert _run(tiny_model_dir, images, masks, "-o", tmp_path / "o", "--max-pixels", "1000") == 1
+    assert "megapixels" in capsys.readouterr().err and io.MAX_PIXELS == limit  # the setting does not leak
+
+
 def test_the_console_script_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pyinpaint", "sample", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
                         "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
