@@ -459,6 +459,8 @@ def pair_inputs(paths: Sequence[str | os.PathLike]) -> list[Pair]:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
     folders = [p.is_dir() for p in paths]
     if any(folders):
+        if len(paths) == 1:
+            raise ValueError(f"{paths[0]} is a folder of images: give the folder of their masks after it")
         if len(paths) != 2 or not all(folders):
             raise ValueError("give either two folders (images, then masks) or image/mask file pairs, not a mix: "
                              + ", ".join(f"{p}{'/' if d else ''}" for p, d in zip(paths, folders)))

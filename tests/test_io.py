@@ -211,6 +211,8 @@ def test_pair_inputs_errors(tmp_path):
         pair_inputs([tmp_path / "images", tmp_path / "masks"])
     with pytest.raises(ValueError, match="come in pairs"):
         pair_inputs([tmp_path / "images" / "a.png"])
+    with pytest.raises(ValueError, match="give the folder of their masks"):
+        pair_inputs([tmp_path / "images"])
     with pytest.raises(ValueError, match="not a mix"):
         pair_inputs([tmp_path / "images", tmp_path / "masks" / "a.png"])
     with pytest.raises(FileNotFoundError, match="nope.png"):
