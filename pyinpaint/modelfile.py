@@ -144,8 +144,11 @@ def save_model(path: PathLike, vqvae: VQVAE, structure: StructureGenerator, gene
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory")
-    if not overwrite and ((path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()):
-        raise FileExistsError(f"{path} already holds a model: pass overwrite=True to replace it")
+    taken = [name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE if card else None)
+             if name and (path / name).exists()]
+    if not overwrite and taken:
+        raise FileExistsError(f"{path} already holds {', '.join(taken)}: pass overwrite=True (--overwrite) to replace "
+                              "them, or choose another folder")
     tx = generator.cfg
     if discriminator is not None and discriminator.cfg.dis_channels != tx.dis_channels:
         tx = dataclasses.replace(tx, dis_channels=discriminator.cfg.dis_channels)

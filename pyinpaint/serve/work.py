@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pyinpaint.inpainter import DEFAULT_MODEL, Inpainter, read_image, read_mask
+from pyinpaint.inpainter import SHIPPED, WEIGHTS, Inpainter
+from pyinpaint.io import read_image, read_mask
 
 
 class RequestError(ValueError):
@@ -39,7 +40,7 @@ class RequestError(ValueError):
 def shipped_models() -> dict[str, str | Path]:
     """The models shipped inside the package, by the name the page's model menu shows (name -> what
     :meth:`Inpainter.load` takes)."""
-    return {"faces": DEFAULT_MODEL}
+    return {name: WEIGHTS / folder for name, folder in SHIPPED.items()}
 
 
 # The fill strategies the page offers: those Inpainter.inpaint takes as ``strategy=``, else only what it does
