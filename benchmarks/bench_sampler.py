@@ -286,7 +286,7 @@ def test_cached_profile(benchmark, paper):
     from torch.profiler import ProfilerActivity, profile
     e = torch.randn(10, cfg.embedding_dim, w, w, generator=torch.Generator().manual_seed(0)).to(DEVICE).flatten(2)
     with torch.inference_mode():
-        st = net.init_state(10, w, h=h)
+        st = net.init_state(10, w, w, h=h)
         for p in range(w * w // 2):
             net.step(st, e[:, :, p - 1] if p else None, p)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
