@@ -629,9 +629,9 @@ def causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return out
 
 
-def choose_backend(q, k, v, backend: str = "auto") -> Choice:
+def choose_backend(q, k, v, backend: str = "auto", scale=None) -> Choice:
     """The dispatch's :class:`Choice` (backend, reason) for these inputs; ValueError for bad inputs."""
-    _check_inputs(q, k, v)
+    _check_inputs(q, k, v, scale)
     return choose(backend, BACKENDS, q.device,
                   triton=lambda: _dtype_unsupported_reason(q) or triton_unavailable_reason(q, k, v),
                   cpu="sdpa", cpu_note="PyTorch's fused attention (no L x L tensor)")
@@ -653,10 +653,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=No
     "torch" (the literal reference), "sdpa" or "triton"; an explicit backend that cannot run raises RuntimeError with the reason.
     Differentiable on every backend.
     """
-    _check_inputs(q, k, v, scale)
-    chosen = choose_backend(q, k, v, backend).require()
+    chosen = choose_backend(q, k, v, backend, scale).require()
     if chosen == "triton":
-        return _CausalAttentionTriton.apply(q, k, v, scale, None, None)
+        return causal_attention_triton(q, k, v, scale)
     if chosen == "sdpa":
         return causal_attention_sdpa(q, k, v, scale)
     return causal_attention_reference(q, k, v, scale)

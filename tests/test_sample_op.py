@@ -219,7 +219,7 @@ def test_ext_inputs_it_cannot_take_and_input_errors():
         (dict(noise=nz.half()), "noise must be float32"),
         (dict(codebook=cb.double()), "codebook must be float32"),
         (dict(codebook=torch.randn(d, k).t()), "codebook must be contiguous"),
-        (dict(logits=torch.randn(k, b).t()), "last dimension must be contiguous"),
+        (dict(logits=torch.randn(k, b).t()), "logits's last dimension must be contiguous"),
         (dict(codes_out=torch.empty(1, dtype=torch.int64).expand(b)), "codes_out"),
         (dict(emb_out=torch.empty(d, b).t()), "emb_out"),
     ]
