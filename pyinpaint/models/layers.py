@@ -109,8 +109,8 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
 #   init_state(batch, height, width, ...)   static state for a height x width map, every buffer allocated here
 #   step(state, x_t, pos, ...)              the output at raster position pos = y * width + x
 #
-# ``pos`` is always a raster index. Layers that only see whole rows above ("down" convolutions and blocks: the u
-# stream) step a row at a time, at the row's first position (pos = y * width, x_t and the output [B, W, C]); the
+# ``pos`` is always a raster index. Layers whose output row depends on whole input rows only ("down" convolutions
+# and blocks: the u stream) step a row at a time, at the row's first position (pos = y * width, x_t and the output [B, W, C]); the
 # others a position at a time (x_t and the output [B, C]). Step tensors are channels-last. Steps come in raster
 # order; the sampler owns the loop. States hold the weights in the layout the step needs (normalised once), track
 # no gradients, and are run under torch.inference_mode() (the sampler does). The step arithmetic of the ops lives
