@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from . import _ext
-from ._dispatch import Choice, check_pow2, choose, device_ctx, dtype_reason
+from ._dispatch import Choice, check_out, check_pow2, choose, device_ctx, dtype_reason
 from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
@@ -207,13 +207,8 @@ def nearest_code_triton(
         idx = torch.empty(lead, dtype=torch.int64, device=z.device)
         emb = torch.empty(*lead, D, dtype=codebook.dtype, device=z.device)
     else:
-        idx, emb = out
-        if idx.shape != lead or idx.dtype != torch.int64 or idx.device != z.device:
-            raise ValueError(f"out[0] must be int64 {tuple(lead)} on {z.device}, got {idx.dtype} "
-                             f"{tuple(idx.shape)} on {idx.device}")
-        if emb.shape != (*lead, D) or emb.dtype != codebook.dtype or emb.device != z.device:
-            raise ValueError(f"out[1] must be {codebook.dtype} {(*lead, D)} on {z.device}, got {emb.dtype} "
-                             f"{tuple(emb.shape)} on {emb.device}")
+        idx = check_out("out[0]", out[0], lead, torch.int64, z.device)
+        emb = check_out("out[1]", out[1], (*lead, D), codebook.dtype, z.device)
     try:  # the kernel writes through these 1-D / 2-D views, so they must be views, not copies
         idx1 = idx.view(-1)
         emb2 = emb.view(-1, D)
