@@ -418,7 +418,7 @@ class Inpainter:
             scores = self.score(prepared, completed)
             order = torch.sort(scores, descending=True, stable=True).indices
             scores = scores[order]
-            rows = (torch.arange(len(prepared.windows))[:, None] * n + order[None]).flatten()  # each window's rows
+            rows = (torch.arange(len(prepared.windows), device=order.device)[:, None] * n + order[None]).flatten()
             codes, completed = codes[rows.to(codes.device)], completed[rows.to(completed.device)]
         images = self.to_input_size(prepared, completed)
         for i, (im, j) in enumerate(zip(images, order.tolist())):
