@@ -84,6 +84,14 @@ def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
                                                             "replaced: the command stops before any work)")
 
 
+def _add_strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="auto", choices=["auto", "crop", "resize"],
+                   help="what the model sees: crop = a square window around each hole (about twice its size, at "
+                        "least the model's), resize = the whole image (mirrored to a square, never stretched), "
+                        "auto (default) = crop when the image is larger than the model and the windows are smaller "
+                        "than the image")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pyinpaint import __version__
 
@@ -185,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     evi.add_argument("--per-block", type=int, default=50,
                      help="masks drawn (seeded) from each block of a mask folder (default 50)")
     evi.add_argument("--size", type=int, default=256, help="evaluation size: images are resized to it (default 256)")
+    evi.add_argument("--upscale", type=int, default=1,
+                     help="then enlarge the images this many times (bicubic) and make the masks at that size: "
+                          "large photos with known detail (default 1)")
+    _add_strategy(evi)
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
@@ -192,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(evi)
     _add_quiet(evi)
 
-    de = sub.add_parser("demo", help="inpaint a face that ships with scikit-image: no files needed",
-                        description="Fill a generated hole in the astronaut portrait of scikit-image (Eileen Collins, "
-                                    "public domain) n times with the default model (or --model) and write a grid: "
+    de = sub.add_parser("demo", help="inpaint a face that ships with pyinpaint: no files needed",
+                        description="Fill a generated hole in the astronaut portrait that ships with pyinpaint (Eileen "
+                                    "Collins, NASA, public domain; scikit-image's astronaut) n times with the default model (or --model) and write a grid: "
                                     "original, masked, the n completions.")
     de.add_argument("-o", "--out", default="pyinpaint-demo.png", help="output PNG (default pyinpaint-demo.png)")
     de.add_argument("-n", type=int, default=6, help="number of completions (default 6)")
@@ -203,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
     de.add_argument("--seed", type=int, default=0, help="seed of the samples and of a generated mask (default 0)")
     de.add_argument("--device", default="auto")
+    _add_strategy(de)
 
     sa = sub.add_parser("sample", help="inpaint images: n diverse completions of each hole",
                         description="Fill the hole of each image n times with a trained model and write the results "
@@ -237,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "partial results of the others are replaced")
     sa.add_argument("--max-pixels", type=_positive_int,
                     help="largest image accepted, in pixels (default 100000000, or PYINPAINT_MAX_PIXELS)")
+    _add_strategy(sa)
     _add_device(sa)
     _add_quiet(sa)
 
@@ -484,7 +498,8 @@ def _sample_files(a: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
             res = inp.inpaint(p.image, p.mask, a.n, seed=seed, temperature=a.temperature, top_k=a.top_k,
-                              sampler=a.sampler, rank=a.rank, invert=a.invert_mask, progress=progress)
+                              sampler=a.sampler, rank=a.rank, invert=a.invert_mask, strategy=a.strategy,
+                              progress=progress)
         files = plan.files[p.name]
         for old in plan.remove.get(p.name, []):
             old.unlink(missing_ok=True)
@@ -617,29 +632,29 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
 
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
-                       seed=a.seed, baselines=baselines, out=a.out, device=resolve_device(a.device),
-                       progress=not a.quiet)
-    print(f"model {res['model']}: {res['cases']} cases, n={a.n}")
+                       seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
+                       device=resolve_device(a.device), progress=not a.quiet)
+    print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:
         print(f"wrote results.csv, summary.csv and best_worst.png to {a.out}")
     return 0
 
 
-DEMO_CROP = (25, 120, 210)  # top, left, side of the face in skimage.data.astronaut() (512 x 512)
+DEMO_IMAGE = Path(__file__).parent / "assets" / "astronaut-face.png"  # public domain, see assets/README.md
 
 
 def demo_image():
-    """The face of scikit-image's astronaut (public domain), 256 x 256 uint8."""
+    """The demo photo that ships with pyinpaint: the face of scikit-image's astronaut (Eileen Collins, NASA, public
+    domain), 256 x 256 RGB."""
     from PIL import Image
 
     try:
-        from skimage import data
-    except ImportError as e:
-        raise RuntimeError("the demo image comes with scikit-image: pip install scikit-image") from e
-    top, left, side = DEMO_CROP
-    face = Image.fromarray(data.astronaut()[top:top + side, left:left + side])
-    return face.resize((256, 256), Image.Resampling.BICUBIC)
+        with Image.open(DEMO_IMAGE) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the demo photo is missing from this installation ({DEMO_IMAGE}): reinstall "
+                                "pyinpaint") from None
 
 
 def _demo(a: argparse.Namespace) -> int:
@@ -657,7 +672,7 @@ def _demo(a: argparse.Namespace) -> int:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
     inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
-    res = inp.inpaint(image, hole, a.n, seed=a.seed)
+    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy)
     seconds = time.perf_counter() - t0
     io.save_image(a.out, _sample_grid(res))
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "

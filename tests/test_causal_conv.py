@@ -572,7 +572,7 @@ def test_reason_auto_cpu_even_with_interpreter(monkeypatch):
 @pytest.mark.parametrize("setting,message", [
     ({"HAS_TRITON": False, "_IMPORT_ERROR": "ModuleNotFoundError: No module named 'triton'"},
      "triton is not installed"),
-    ({"INTERPRET": False}, "TRITON_INTERPRET is not set"),
+    ({"HAS_TRITON": True, "INTERPRET": False}, "TRITON_INTERPRET is not set"),  # also without triton installed
 ])
 def test_explicit_triton_unavailable_raises(monkeypatch, setting, message):
     for name, value in setting.items():
