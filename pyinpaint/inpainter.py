@@ -165,7 +165,7 @@ def read_mask(mask: MaskLike) -> np.ndarray:
     image (same rule), a numpy array or torch tensor H x W (also 1 x H x W, 1 x 1 x H x W, H x W x 1) of bool,
     integers or floats: nonzero / True / 255 = hole. Errors: ValueError (NaN, negative values, several channels)."""
     if isinstance(mask, (str, os.PathLike)):
-        from pyinpaint.data import load_mask
+        from pyinpaint.masks import load_mask
 
         path = Path(mask)
         if not path.exists():
