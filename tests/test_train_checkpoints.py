@@ -190,3 +190,16 @@ def test_mixed_precision_trains_every_stage(images, tmp_path, precision):
             assert all(v == v and abs(v) < 1e6 for v in record.values() if isinstance(v, float)), record
         weights = io.load_tensors(run / "ema.safetensors")
         assert all(t.dtype in (torch.float32, torch.int64) for t in weights.values())  # master weights fp32
+
+
+def test_tensorboard_logs_beside_the_jsonl_or_says_what_to_install(images, tmp_path):
+    out = tmp_path / "run"
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"pip install 'pyinpaint\[tensorboard\]'"):
+            _run(images, out, steps=1, tensorboard=True)
+        assert not out.exists()
+        return
+    _run(images, out, steps=2, tensorboard=True)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
