@@ -9,8 +9,6 @@ import time
 
 import pytest
 import torch
-from PIL import Image
-from skimage import data as skdata
 
 from pyinpaint import io
 
@@ -20,13 +18,8 @@ pytestmark = [pytest.mark.slow,
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    photos = [skdata.astronaut(), skdata.coffee()]
-    for i in range(8):
-        img = photos[i % 2]
-        Image.fromarray(img[12 * i:12 * i + 220, 14 * i:14 * i + 220]).resize((72, 72)).save(root / f"i{i}.png")
-    return root
+def images(stage_images):
+    return stage_images  # 8 photo crops of 72 x 72 (tests/conftest.py)
 
 
 def _env():
@@ -99,12 +92,27 @@ def test_two_processes_equal_one_at_the_same_global_batch(stage, images, vq_run,
     assert set(rng) == {"rank0.cpu", "rank1.cpu"}  # every rank's random state
 
 
+def _children(pid):
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers in /proc")
 def test_killed_run_resumes_exactly_under_torchrun(images, tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     args = ["train", "vqvae", "--data", str(images), "--out", str(killed), "--config", "tiny", "--device", "cpu",
             "--quiet", "--log-every", "1", "--batch-size", "4", "--ckpt-every", "2", "--steps", "400"]
-    proc = subprocess.Popen(_cmd(2, *args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(_cmd(2, *args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = []
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -114,10 +122,17 @@ def test_killed_run_resumes_exactly_under_torchrun(images, tmp_path):
             if proc.poll() is not None:
                 pytest.fail(f"the run ended early: {proc.stderr.read().decode()[-2000:]}")
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, as a crash would
+        workers = _children(proc.pid)  # torchrun starts each worker in a session of its own
+        assert len(workers) == 2, workers
+        for pid in (*workers, proc.pid):  # the whole run at once, as a crash of the machine would
+            os.kill(pid, signal.SIGKILL)
     finally:
+        proc.kill()
         proc.wait(timeout=60)
         proc.stderr.close()
+    deadline = time.time() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)
     reached = json.loads((killed / "latest.json").read_text())["step"]
     assert 2 <= reached < 400
     steps = str(reached + 4)

@@ -4,8 +4,6 @@ import json
 
 import pytest
 import torch
-from PIL import Image
-from skimage import data as skdata
 
 from pyinpaint import io
 from pyinpaint.cli import main
@@ -18,12 +16,8 @@ from pyinpaint.train.vqvae import VQVAETask
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    photo = skdata.astronaut()
-    for i in range(8):
-        Image.fromarray(photo[16 * i:16 * i + 200, 20 * i:20 * i + 200]).resize((72, 72)).save(root / f"i{i}.png")
-    return root
+def images(stage_images):
+    return stage_images  # 8 photo crops of 72 x 72 (tests/conftest.py)
 
 
 def _run(images, out, steps, resume=False, **kw):
