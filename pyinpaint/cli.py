@@ -17,9 +17,19 @@ from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
-    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume); under "
+                                                 "torchrun only rank 0 writes it")
     p.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (official {batch_size})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"GLOBAL batch size: over all torchrun processes and --accumulate steps (official {batch_size})")
+    p.add_argument("--accumulate", type=int, default=1, metavar="K",
+                   help="split each process's share of the batch into K micro-batches (gradient accumulation: the "
+                        "paper's batch on a small GPU)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default fp32 = official; fp16 adds a gradient scaler); codebook search, "
+                        "losses, weight-norm / spectral-norm statistics and the EMA stay float32")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to RUN/tensorboard (needs pip install 'pyinpaint[tensorboard]')")
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (official {lr:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and crops")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -37,6 +47,8 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
                    help="training preprocessing: faces = resize to 266/256 of the size then random crop "
                         "(official CelebA-HQ); scenes = random crop (official Places2)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--existing-out", action="store_true",
+                   help="train into an existing non-empty --out that is not a run (its files are never deleted)")
     p.add_argument("--init-from", metavar="RUN",
                    help="start from the newest weights (model and EMA) of another run of the same stage and "
                         "architecture, with a fresh optimiser at step 0 (fine-tuning, e.g. with another --lr)")
@@ -330,95 +342,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_args(a: argparse.Namespace) -> dict:
+    return dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+                ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
+                init_from=a.init_from, val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers,
+                accumulate=a.accumulate, precision=a.precision, tensorboard=a.tensorboard,
+                existing_out=a.existing_out, val_data=a.val_data, recipe=a.recipe, resume=a.resume,
+                progress=not a.quiet)
+
+
+def _print_final(last: dict) -> int:
+    import os
+
+    if last and int(os.environ.get("RANK", "0")) == 0:
+        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
+    return 0
+
+
 def _train_vqvae(a: argparse.Namespace) -> int:
-    from pyinpaint.config import vqvae_preset
-    from pyinpaint.data import ImageFolder
-    from pyinpaint.train.loop import resolve_device, train
-    from pyinpaint.train.vqvae import VQVAETask
+    from pyinpaint.train.stages import train_vqvae
 
-    overrides = {"image_size": a.image_size} if a.image_size else {}
-    cfg = vqvae_preset(a.config, **overrides)
-    args = _train_args(a)
-    device = resolve_device(a.device)
-    train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
-    import torch
-    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
-    task = VQVAETask(cfg, lr=a.lr, device=device)
-    print(f"training vqvae ({a.config}, {cfg.image_size}px, "
-          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
-          f"device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, args, resume=a.resume, device=device, progress=not a.quiet)
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
-    return 0
-
-
-def _train_args(a: argparse.Namespace):
-    from pyinpaint.train.loop import TrainArgs
-
-    return TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
-                     ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
-                     init_from=a.init_from,
-                     val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
-
-
-def _train_on_vqvae(a: argparse.Namespace, make_task) -> int:
-    """Stages 2 and 3: train ``make_task(vqvae, masks, val_masks, device)`` on the codes of a VQ-VAE run,
-    keeping a copy of that VQ-VAE in the new run."""
-    import torch
-
-    from pyinpaint.data import ImageFolder, make_mask_source
-    from pyinpaint.runs import copy_vqvae_into, load_vqvae
-    from pyinpaint.train.loop import resolve_device, train
-
-    device = resolve_device(a.device)
-    vq = load_vqvae(Path(a.out) / "vqvae" if a.resume else Path(a.vqvae), device)
-    size = vq.cfg.image_size
-    train_set = ImageFolder(a.data, size=size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=size, recipe="resize") if a.val_data else None
-    masks = make_mask_source(a.masks, size, seed=a.seed)
-    val_masks = make_mask_source(a.val_masks, size, seed=12345)
-    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
-    task = make_task(vq, masks, val_masks, device)
-    if not a.resume:
-        if Path(a.out, "config.json").exists():
-            raise FileExistsError(f"{a.out} already holds a run: pass --resume to continue it, or choose another --out")
-        copy_vqvae_into(a.out, a.vqvae)
-    print(f"training {task.stage} ({a.config}, {size}px, "
-          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
-          f"masks {a.masks}, device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, _train_args(a), resume=a.resume, device=device, progress=not a.quiet)
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
-    return 0
+    return _print_final(train_vqvae(a.data, a.out, config=a.config, image_size=a.image_size, **_train_args(a)))
 
 
 def _train_structure(a: argparse.Namespace) -> int:
-    from pyinpaint.config import structure_preset
-    from pyinpaint.train.structure import StructureTask
+    from pyinpaint.train.stages import train_structure
 
-    def make_task(vq, masks, val_masks, device):
-        overrides = dict(image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim,
-                         num_embeddings=vq.cfg.num_embeddings)
-        if a.dropout is not None:
-            overrides["dropout"] = a.dropout
-        return StructureTask(structure_preset(a.config, **overrides), vq, masks, val_masks, lr=a.lr,
-                             warmup=a.warmup, device=device, vqvae_run=str(Path(a.vqvae).resolve()))
-
-    return _train_on_vqvae(a, make_task)
+    return _print_final(train_structure(a.data, a.out, a.vqvae, config=a.config, masks=a.masks,
+                                        val_masks=a.val_masks, warmup=a.warmup, dropout=a.dropout,
+                                        **_train_args(a)))
 
 
 def _train_texture(a: argparse.Namespace) -> int:
-    from pyinpaint.config import texture_preset
-    from pyinpaint.train.texture import TextureTask
+    from pyinpaint.train.stages import train_texture
 
-    def make_task(vq, masks, val_masks, device):
-        cfg = texture_preset(a.config, image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim)
-        return TextureTask(cfg, vq, masks, val_masks, lr=a.lr, feature_weight=a.feature_weight, device=device,
-                           vqvae_run=str(Path(a.vqvae).resolve()))
-
-    return _train_on_vqvae(a, make_task)
+    return _print_final(train_texture(a.data, a.out, a.vqvae, config=a.config, masks=a.masks,
+                                      val_masks=a.val_masks, feature_weight=a.feature_weight, **_train_args(a)))
 
 
 def _eval_structure(a: argparse.Namespace) -> int:
@@ -543,7 +502,7 @@ def _masks(a: argparse.Namespace) -> int:
     from PIL import Image
 
     from pyinpaint import io
-    from pyinpaint.data import make_mask_source
+    from pyinpaint.masks import make_mask_source
 
     if a.like:
         width, height = Image.fromarray(io.read_image(a.like)[:, :, 0]).size
@@ -659,7 +618,7 @@ def demo_image():
 
 def _demo(a: argparse.Namespace) -> int:
     from pyinpaint import io
-    from pyinpaint.data import MASK_SPECS, load_mask, make_mask_source
+    from pyinpaint.masks import MASK_SPECS, load_mask, make_mask_source
     from pyinpaint.inpainter import Inpainter, default_model
     from pyinpaint.inpainter import resolve_device
 

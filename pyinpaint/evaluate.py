@@ -46,7 +46,7 @@ def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol"
                    workers: int = 0, progress: bool = True) -> dict[str, float]:
     """NLL of the true top codes in bits/dim (the paper's Table 3 measure) of a structure run, EMA weights,
     images resized to the model size, masks drawn from ``masks`` by image number."""
-    from pyinpaint.data import make_mask_source
+    from pyinpaint.masks import make_mask_source
     from pyinpaint.runs import load_structure
     from pyinpaint.train.structure import evaluate_nll
 
@@ -76,8 +76,9 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
     import torch.nn.functional as F
 
     from pyinpaint import io
-    from pyinpaint.data import load_mask, make_mask_source, preprocess, MASK_SPECS
+    from pyinpaint.data import preprocess
     from pyinpaint.io import read_image
+    from pyinpaint.masks import load_mask, make_mask_source, MASK_SPECS
     from pyinpaint.runs import load_structure
     from pyinpaint.sampler import sample_cached
 
@@ -227,7 +228,8 @@ def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed
     hole-size block, else ``per_block`` seeded files in one block "folder"); case j of a block takes image
     j mod len(images)."""
 
-    from pyinpaint.data import MASK_EXTENSIONS, MASK_SPECS, list_images, load_mask, make_mask_source
+    from pyinpaint.data import list_images
+    from pyinpaint.masks import MASK_EXTENSIONS, MASK_SPECS, load_mask, make_mask_source
 
     cases: list[Case] = []
     for spec in masks:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pyinpaint.io import ImageLike, InpaintWarning, MaskLike, read_image, read_mask, read_pair  # noqa: F401
+from pyinpaint.io import resolve_device  # noqa: F401  (the package's one device rule)
 from pyinpaint.io import warn as _warn
 from pyinpaint import crop
 from pyinpaint.crop import STRATEGIES, Window
@@ -46,23 +47,6 @@ TEMPERATURE = (1e-3, 1e3)
 # Structure samplers; all draw the same codes for a seed. The first is the default. "graph" is the cached sampler
 # replayed from a CUDA graph (CUDA devices only; not yet measured on a GPU).
 SAMPLERS = ("cached", "naive", "graph")
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The package's one device rule. None or "auto": CUDA when available, else the CPU. An explicit device must
-    exist (ValueError naming it and what to use instead)."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for, but torch sees no CUDA device: use cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return dev
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
