@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
+    _add_overwrite(evi, "results.csv, summary.csv and best_worst.png in --out")
     _add_device(evi)
     _add_quiet(evi)
 
@@ -594,7 +595,7 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
-                       device=resolve_device(a.device), progress=not a.quiet)
+                       overwrite=a.overwrite, device=resolve_device(a.device), progress=not a.quiet)
     print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:

@@ -279,13 +279,14 @@ def _load_eval_image(path: Path, size: int, upscale: int = 1):
 
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
-                 strategy: str = "auto", upscale: int = 1, out: str | Path | None = None,
+                 strategy: str = "auto", upscale: int = 1, out: str | Path | None = None, overwrite: bool = False,
                  device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
     with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
     :mod:`pyinpaint.crop`). Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with
-    ``out`` writes results.csv, summary.csv and best_worst.png."""
+    ``out`` writes results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before
+    any work)."""
     from pyinpaint.crop import STRATEGIES
     import time
 
@@ -296,6 +297,11 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
 
     if n < 1:
         raise ValueError(f"n must be at least 1 (got {n})")
+    if out is not None and not overwrite:
+        existing = [f for f in EVAL_FILES if (Path(out) / f).exists()]
+        if existing:
+            raise FileExistsError(f"{out} already holds {', '.join(existing)}: pass --overwrite (overwrite=True) to "
+                                  "replace them, or choose another output folder")
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}: expected some of {', '.join(BASELINES)}")
@@ -349,7 +355,8 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     summary = summarize_rows(rows)
     if out is not None:
         picks = shown[4:][::-1] + shown[:4] if scored > 8 else shown[::-1]
-        _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks])
+        _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks],
+                    overwrite)
     return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory"),
             "strategy": strategy, "size": size * upscale}
 
@@ -392,7 +399,11 @@ def format_summary(summary: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Case, np.ndarray, dict]]) -> None:
+EVAL_FILES = ("results.csv", "summary.csv", "best_worst.png")  # what eval_inpaint writes into ``out``
+
+
+def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Case, np.ndarray, dict]],
+                overwrite: bool = False) -> None:
     """results.csv, summary.csv, and best_worst.png from ``shown``: rows of (case, ground truth, fills by method)."""
     import csv
     import io as _io
@@ -408,7 +419,7 @@ def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Ca
         writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["case"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
-        io.atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        io.atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()), overwrite=overwrite)
 
     write_csv(out / "results.csv", rows)
     write_csv(out / "summary.csv", [{"block": b, "method": m, **s} for b, ms in summary.items() for m, s in ms.items()])
@@ -420,4 +431,4 @@ def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Ca
         masked = truth.copy()
         masked[case.hole] = 128
         grid.append([to_t(truth), to_t(masked)] + [to_t(f) for f in fills.values()])
-    io.save_image(out / "best_worst.png", io.image_grid(grid))
+    io.save_image(out / "best_worst.png", io.image_grid(grid), overwrite=overwrite)
