@@ -10,6 +10,16 @@ from pathlib import Path
 from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 
 
+_CONTEXT_HELP = ("what the known region gives the structure: sampled (every code drawn, the paper's rule) or known "
+                 "(codes the known pixels determine are taken from the VQ encoder, only the rest drawn: faster); "
+                 "default: the Python API's (see README)")
+
+
+def _context(a: argparse.Namespace) -> dict:
+    """--context as a keyword, only when given (the default is the API's)."""
+    return {} if a.context is None else {"context": a.context}
+
+
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
@@ -135,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="masks drawn (seeded) from each block of a mask folder (default 50)")
     evi.add_argument("--size", type=int, default=256, help="evaluation size: images are resized to it (default 256)")
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
+    evi.add_argument("--context", help=_CONTEXT_HELP)
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
@@ -169,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="structure sampler: cached (default; incremental, fast), naive (the paper's: the whole "
                          "network per position) or graph (cached, replayed from a CUDA graph; CUDA only); all draw "
                          "the same codes for a seed")
+    sa.add_argument("--context", help=_CONTEXT_HELP)
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
     sa.add_argument("--invert-mask", action="store_true", help="the mask marks the hole with 0 instead")
     sa.add_argument("--device", default="auto")
@@ -345,7 +357,7 @@ def _sample(a: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     res = inp.inpaint(a.image, mask, a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k,
-                      sampler=a.sampler, rank=a.rank, progress=progress)
+                      sampler=a.sampler, rank=a.rank, progress=progress, **_context(a))
     seconds = time.perf_counter() - t0
     bar.close()
     out = Path(a.out)
@@ -422,7 +434,7 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, out=a.out, device=resolve_device(a.device),
-                       progress=not a.quiet)
+                       progress=not a.quiet, **_context(a))
     print(f"model {res['model']}: {res['cases']} cases, n={a.n}")
     print(format_summary(res["summary"], a.n))
     if a.out:

@@ -243,17 +243,21 @@ def _load_eval_image(path: Path, size: int):
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  out: str | Path | None = None, device: str | torch.device = "cpu",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, context: str | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
-    its sorted list (see :func:`spread`), resized to ``size``) with each of ``masks`` (see :func:`_cases`). Returns {"rows": one dict per (case, method),
+    its sorted list (see :func:`spread`), resized to ``size``) with each of ``masks`` (see :func:`_cases`); ``context`` as in
+    :meth:`Inpainter.sample` ("sampled" or "known"; None: its default). Returns {"rows": one dict per (case, method),
     "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png."""
     import time
 
     from tqdm.auto import tqdm
 
     from pyinpaint.data import list_images
-    from pyinpaint.inpainter import get_inpainter
+    from pyinpaint.inpainter import CONTEXTS, get_inpainter
 
+    context = CONTEXTS[0] if context is None else context
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
     if n < 1:
         raise ValueError(f"n must be at least 1 (got {n})")
     for b in baselines:
@@ -278,7 +282,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
         base = {"case": i, "image": case.image.name, "mask": case.mask, "block": case.block,
                 "hole_pct": round(100.0 * float(case.hole.mean()), 2)}
         t0 = time.perf_counter()
-        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i)]
+        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, context=context)]
         seconds = time.perf_counter() - t0
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
         rows.append({**base, "method": "pyinpaint", **summarize(scores),

@@ -40,6 +40,8 @@ Progress = Callable[[int, int], Any]
 # Structure samplers; all draw the same codes for a seed. The first is the default. "graph" is the cached sampler
 # replayed from a CUDA graph (CUDA devices only; not yet measured on a GPU).
 SAMPLERS = ("cached", "naive", "graph")
+# What the known region contributes to the structure (see Inpainter.sample_structures). The first is the default.
+CONTEXTS = ("sampled", "known")
 
 
 class InpaintWarning(UserWarning):
@@ -293,10 +295,12 @@ class Inpainter:
         return Prepared(img, hole, x, m)
 
     def check_options(self, n: int, *, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                      sampler: str = "cached", rank: bool = False) -> int:
+                      sampler: str = "cached", rank: bool = False, context: str = CONTEXTS[0]) -> int:
         """Validate the sampling options before any work; returns the seed to use (drawn when None)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer (got {n!r})")
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
         if sampler == "graph" and self.device.type != "cuda":
@@ -323,12 +327,29 @@ class Inpainter:
             raise ValueError(f"seed must be an integer or None (got {seed!r})") from None
 
     @torch.inference_mode()
+    def known_codes(self, prepared: Prepared):
+        """The top codes the known pixels determine: :class:`pyinpaint.sampler.Context` with ``known`` [s, s] True
+        where the VQ encoder's receptive field at that position holds no hole pixel (computed exactly from the
+        model-size mask, :meth:`VQEncoder.top_reach`) and ``codes`` [s, s] the encoder's codes of the masked image
+        (there, the codes of the whole image)."""
+        from pyinpaint.sampler import Context
+
+        enc = self.model.vqvae.encoder
+        codes = enc(prepared.masked, update_codebooks=False).idx_t[0]
+        return Context(codes, ~enc.top_reach(prepared.m)[0])
+
+    @torch.inference_mode()
     def sample_structures(self, prepared: Prepared, n: int, *, seed: int, temperature: float = 1.0,
-                          top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None):
+                          top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None,
+                          context: str = CONTEXTS[0]):
         """n structure maps for one image as one batch: the condition network once, then the sampler.
-        Returns :class:`pyinpaint.sampler.Sampled` (codes [n, s, s], embeddings [n, D, s, s])."""
+        ``context``: "sampled" draws every position (the paper's rule); "known" takes the encoder's codes where the
+        known pixels determine them (:meth:`known_codes`) and draws only the rest, stopping after the last drawn
+        position. Returns :class:`pyinpaint.sampler.Sampled` (codes [n, s, s], embeddings [n, D, s, s])."""
         from pyinpaint import sampler as sampling
 
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
         st = self.model.structure
         h = st.condition(prepared.masked, prepared.m)
         h = h.expand(n, -1, -1, -1)
@@ -338,7 +359,7 @@ class Inpainter:
                "graph": functools.partial(sampling.sample_cached, cuda_graph=True)}.get(sampler)
         if run is not None:
             return run(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature, top_k=top_k,
-                       progress=report)
+                       progress=report, context=self.known_codes(prepared) if context == "known" else None)
         raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
 
     @torch.inference_mode()
@@ -389,9 +410,10 @@ class Inpainter:
     # ------------------------------------------------------------------ the whole call
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-                progress: Progress | None = None) -> Result:
+                progress: Progress | None = None, context: str = CONTEXTS[0]) -> Result:
         """:meth:`sample` with everything kept: the seed used, sampled codes, model-size completions, scores."""
-        seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank)
+        seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
+                                  context=context)
         prepared = self.prepare(image, mask)
         n = int(n)
         if not prepared.hole.any():
@@ -399,7 +421,7 @@ class Inpainter:
             return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
                           prepared=prepared)
         sampled = self.sample_structures(prepared, n, seed=seed, temperature=float(temperature), top_k=top_k,
-                                         sampler=sampler, progress=progress)
+                                         sampler=sampler, progress=progress, context=context)
         completed = self.complete(prepared, sampled.embeddings)
         codes, scores, order = sampled.codes, None, torch.arange(n)
         if rank:
@@ -417,7 +439,7 @@ class Inpainter:
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-               progress: Progress | None = None) -> list[Image.Image]:
+               progress: Progress | None = None, context: str = CONTEXTS[0]) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
         image: path, PIL image, H x W x 3 uint8 array or 3 x H x W float tensor in [0, 1] (greyscale, RGBA and
@@ -425,10 +447,12 @@ class Inpainter:
         True / 255 = fill. Pixels outside the hole are returned exactly as given. ``seed`` fixes the samples
         (None: a fresh one, stored in each image's ``info["seed"]``); ``temperature`` and ``top_k`` shape the
         code distribution; ``rank`` orders the samples by the discriminator's mean score, best first;
-        ``progress(done, total)`` is called after each sampled position.
+        ``progress(done, total)`` is called after each sampled position; ``context`` is what the known region
+        gives the structure: "sampled" (every position drawn, the paper's rule) or "known" (the codes the known
+        pixels determine are taken, the rest drawn: see :meth:`sample_structures`).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, progress=progress).images
+                            rank=rank, progress=progress, context=context).images
 
 
 # ---------------------------------------------------------------------------------------------- sample()
@@ -472,9 +496,9 @@ def clear_cache() -> None:
 def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None, temperature: float = 1.0,
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
-           progress: Progress | None = None) -> list[Image.Image]:
+           progress: Progress | None = None, context: str = CONTEXTS[0]) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (see :meth:`Inpainter.sample`), with the
     model directory ``model`` (default: the faces model shipped with pyinpaint, 128 px) loaded once per
     (model, device) and cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
-                                               sampler=sampler, rank=rank, progress=progress)
+                                               sampler=sampler, rank=rank, progress=progress, context=context)
