@@ -122,7 +122,8 @@ def main() -> None:
     ap.add_argument("--models", default="paper,faces-128")
     ap.add_argument("--n", default="1,10")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--masks", default=str(MASKS), help="NVIDIA mask folder (skipped when missing)")
+    ap.add_argument("--masks", default="/work/shared/data/masks/nvidia-irregular-256",
+                    help="NVIDIA mask folder (skipped when missing)")
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args()
     global MASKS

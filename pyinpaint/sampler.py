@@ -216,9 +216,9 @@ def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, no
             end = p
             while plan.all_known[end + 1]:
                 end += 1
-            for q in range(p, end + 1):
-                pixelcnn.step(state, e_prev, q)
-                e_prev = codebook[plan.codes[:, q]]
+            run = codebook[plan.codes[:, p:end + 1]]  # [N, R, D]
+            pixelcnn.prefill(state, e_prev, p, run)
+            e_prev = run[:, -1]
             if progress is not None:
                 for q in range(p, end + 1):
                     progress(q)

@@ -383,3 +383,83 @@ def test_graph_sampler_replays_the_eager_codes(tiny):
     other_h = h.flip(0)  # new inputs into the same graph
     assert torch.equal(sample_cached(pixelcnn, other_h, codebook, seed=5, top_k=5, cuda_graph=True).codes,
                        sample_cached(pixelcnn, other_h, codebook, seed=5, top_k=5).codes)
+
+
+# ------------------------------------------------------------------------------------------ prefill
+def run_schedule(length: int, width: int, seed: int) -> list[tuple[int, int]]:
+    """(start, length) pieces covering 0 .. length-1: single steps (length 0) and prefill runs of 1 to 2.5 rows, some
+    starting at a row's first position, some crossing row ends."""
+    g = torch.Generator().manual_seed(seed)
+    out, p = [], 0
+    while p < length:
+        if torch.rand(1, generator=g).item() < 0.5 or p == length - 1:  # the last position is always stepped
+            out.append((p, 0))
+            p += 1
+        else:
+            r = min(length - p - 1, int(torch.randint(1, max(2, 5 * width // 2), (1,), generator=g)))
+            out.append((p, r))
+            p += r
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cfg,hw", NETWORKS)
+def test_pixelcnn_prefill_replay(cfg, hw, dtype, rows_by_conv):
+    """Runs of positions prefilled (no logits) between single steps: every stepped position's logits equal the full
+    forward pass's, so the prefilled state is the stepped one."""
+    torch.manual_seed(0)
+    net = liven(PixelCNN(cfg), 4).to(dtype)
+    hgt, wid = hw
+    e = torch.randn(3, cfg.embedding_dim, hgt, wid, dtype=dtype)
+    h = torch.randn(3, cfg.h_channels, hgt, wid, dtype=dtype)
+    stepped, expected = [], []
+    with torch.inference_mode():
+        full = net(e, h).flatten(2)  # [B, K, L]
+        for seed in range(3):
+            st = net.init_state(3, hgt, wid, h=h)
+            for p, r in run_schedule(hgt * wid, wid, seed):
+                prev = at(e, p - 1) if p else None
+                if r == 0:
+                    stepped.append(net.step(st, prev, p))
+                    expected.append(full[:, :, p])
+                else:
+                    net.prefill(st, prev, p, e.flatten(2)[:, :, p:p + r].transpose(1, 2))
+    assert len(stepped) >= 6
+    err = max((a - b).abs().max().item() for a, b in zip(stepped, expected))
+    scale = max(1.0, full.abs().max().item())  # as the step replay: relative to the whole map's logits
+    assert err <= TOL[dtype] * scale, f"steps after prefills: max |step - full| = {err:.3g} (logits up to {scale:.3g})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding,kernel,aux,cond,heads", [b for b in BLOCKS if b.values[0] == "down_right"])
+def test_gated_block_prefill_replay(padding, kernel, aux, cond, heads, dtype, rows_by_conv):
+    """A row's positions split into runs: each run's outputs equal the full forward pass's."""
+    torch.manual_seed(0)
+    c, hgt, wid = 16, 4, 5
+    blk = liven(GatedResBlock(c, 12, padding=padding, kernel=kernel, aux_channels=c if aux else 0,
+                              cond_channels=6 if cond else 0, attention_heads=heads), 3).to(dtype)
+    x, a = torch.randn(2, c, hgt, wid, dtype=dtype), torch.randn(2, c, hgt, wid, dtype=dtype)
+    h = torch.randn(2, 6, hgt, wid, dtype=dtype) if cond else None
+    with torch.inference_mode():
+        full = blk(x, a=a if aux else None, h=h).flatten(2)
+        hp = blk.cond(concat_elu(h)) if cond else None
+        st = blk.init_state(2, hgt, wid)
+        for y, cuts in enumerate([(0, 5), (0, 2, 5), (0, 1, 4, 5), (0, 3, 5)]):
+            for x0, x1 in zip(cuts, cuts[1:]):
+                p = y * wid + x0
+                run = x.flatten(2)[:, :, p:p + x1 - x0].transpose(1, 2)
+                out = blk.prefill(st, run, p, a=rows_of(a, y) if aux else None, h_proj=rows_of(hp, y) if cond else None)
+                assert_close(out.transpose(1, 2), full[:, :, p:p + x1 - x0], dtype, f"block prefill at {p}")
+
+
+def test_prefill_errors():
+    conv = WNConv2d(4, 4, (2, 2), padding="down_right").eval()
+    st = conv.init_state(1, 4)
+    with torch.inference_mode(), pytest.raises(ValueError, match="one row"):
+        conv.prefill(st, torch.zeros(1, 3, 4), 2)
+    with torch.inference_mode(), pytest.raises(ValueError, match="'down_right'"):
+        WNConv2d(4, 4, (2, 3), padding="down").prefill(st, torch.zeros(1, 3, 4), 0)
+    net = PixelCNN(odd_config()).eval()
+    st = net.init_state(1, 5, h=torch.zeros(1, odd_config().h_channels, 5, 5))
+    with torch.inference_mode(), pytest.raises(ValueError, match="outside"):
+        net.prefill(st, None, 20, torch.zeros(1, 6, odd_config().embedding_dim))

@@ -256,16 +256,39 @@ class WNConv2d(nn.Module):
             _put(state, state.slots[0], x_t)
             return self._whole_rows(state)
         st, x = state, pos % state.width
-        if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
-            self._shift_rows(st)
-            if st.row_windows is None:  # no rows above (kh = 1)
-                st.row_base.copy_(st.bias.expand_as(st.row_base))
-            else:
-                st.row_base.copy_(self._whole_rows(st))
-            if row_extra is not None:
-                st.row_base += row_extra
+        if x == 0:
+            self._start_pixel_row(st, row_extra)
         _put(st, st.slots[x], x_t)
         return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
+
+    def prefill(self, state: CausalConvState, x_run: torch.Tensor, pos: int,
+                row_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """"down_right" only: R steps at once. x_run [B, R, C] are the inputs at raster positions pos .. pos+R-1,
+        all in one row -> the outputs there [B, R, O], as R calls of :meth:`step` (``row_extra`` as there)."""
+        st, x0, r = state, pos % state.width, x_run.shape[1]
+        if self.padding != "down_right":
+            raise ValueError("prefill is for 'down_right' convolutions (a 'down' step is already a whole row)")
+        if x0 + r > st.width:
+            raise ValueError(f"a prefill stays in one row: positions {pos}..{pos + r - 1} cross a row end")
+        if x0 == 0:
+            self._start_pixel_row(st, row_extra)
+        kw = self.kernel[1]
+        b, _, wp, cin = st.rows.shape
+        slot = st.rows[:, -1, x0 + kw - 1:x0 + kw - 1 + r]
+        _put(st, slot.unflatten(-1, (2, cin // 2)) if st.concat_elu else slot, x_run)
+        row = st.rows[:, -1]  # the windows of the R outputs overlap: kw*C' numbers each, C' apart
+        windows = row.as_strided((b, r, kw * cin), (row.stride(0), cin, 1), row.storage_offset() + x0 * cin)
+        return torch.baddbmm(st.row_base[:, x0:x0 + r], windows, st.weight_t.expand(b, -1, -1))
+
+    def _start_pixel_row(self, st: CausalConvState, row_extra: torch.Tensor | None) -> None:
+        """A new row: move the window down, apply the (complete) rows above to the whole row at once."""
+        self._shift_rows(st)
+        if st.row_windows is None:  # no rows above (kh = 1)
+            st.row_base.copy_(st.bias.expand_as(st.row_base))
+        else:
+            st.row_base.copy_(self._whole_rows(st))
+        if row_extra is not None:
+            st.row_base += row_extra
 
     def _shift_rows(self, st: CausalConvState) -> None:
         for i in range(self.kernel[0] - 1):  # the window moves down one row
@@ -391,6 +414,25 @@ class CausalSelfAttention(nn.Module):
             mixed = torch.matmul(torch.softmax(scores, dim=-1).view(b, self.heads, pos), st.inputs[:, :pos])
         return torch.addmm(st.mix_bias, mixed.view(b, -1), st.mix)
 
+    def prefill(self, state: AttentionState, x_run: torch.Tensor, pos: int) -> torch.Tensor:
+        """R attention steps at once: x_run [B, R, C] at positions pos .. pos+R-1 -> [B, R, C]. The R keys and inputs
+        go into the caches, then each query attends to the positions before its own (a causal mask inside the run)."""
+        b, r, c = x_run.shape
+        end = pos + r
+        qk = torch.addmm(state.qk_bias, x_run.reshape(b * r, c), state.qk_t).view(b, r, self.heads, 2 * self.dk)
+        state.keys_t[:, :, :, pos:end] = qk[..., self.dk:].permute(0, 2, 3, 1)
+        state.inputs[:, pos:end] = x_run
+        scores = torch.matmul(qk[..., :self.dk].transpose(1, 2), state.keys_t[:, :, :, :end])  # [B, heads, R, end]
+        later = torch.arange(end, device=x_run.device) >= torch.arange(pos, end, device=x_run.device)[:, None]
+        scores.masked_fill_(later, float("-inf"))  # position p attends to 0 .. p-1
+        if pos == 0:
+            scores[:, :, 0, 0] = 0.0  # position 0 attends to nothing: any finite row (its output is replaced below)
+        mixed = torch.matmul(torch.softmax(scores, dim=-1), state.inputs[:, None, :end])  # [B, heads, R, C]
+        out = torch.addmm(state.mix_bias, mixed.transpose(1, 2).reshape(b * r, -1), state.mix).view(b, r, c)
+        if pos == 0:
+            out[:, 0] = state.out_bias
+        return out
+
 
 @dataclass
 class GatedBlockState:
@@ -490,6 +532,25 @@ class GatedResBlock(nn.Module):
         if st.attention is not None:
             c3 = c3 + self.attention.step(st.attention, c3, pos)
         return x_t + c3
+
+    def prefill(self, state: GatedBlockState, x_run: torch.Tensor, pos: int, a: torch.Tensor | None = None,
+                h_proj: torch.Tensor | None = None) -> torch.Tensor:
+        """"down_right" only: R steps at once, x_run [B, R, C] at positions pos .. pos+R-1 of one row -> [B, R, C]
+        (per-row inputs as in :meth:`step`)."""
+        st = state
+        if self.conv1.padding != "down_right":
+            raise ValueError("prefill is for 'down_right' blocks (a 'down' step is already a whole row)")
+        if self.cond is not None and h_proj is None:
+            raise ValueError("this block takes a condition: pass h_proj, its projection at this row")
+        aux_row = None
+        if st.aux is not None and pos % st.width == 0:
+            aux_row = F.linear(concat_elu_last(a), *st.aux)
+        c1 = self.conv1.prefill(st.conv1, x_run, pos, row_extra=aux_row)
+        c2 = self.conv2.prefill(st.conv2, c1, pos, row_extra=h_proj if self.cond is not None else None)
+        c3 = F.glu(c2, dim=-1)
+        if st.attention is not None:
+            c3 = c3 + self.attention.prefill(st.attention, c3, pos)
+        return x_run + c3
 
 
 # ----------------------------------------------------------------------------------------------------

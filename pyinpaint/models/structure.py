@@ -170,6 +170,41 @@ class PixelCNN(nn.Module):
             ul = ul + F.linear(F.elu(ul), w, b)
         return F.linear(F.elu(ul), *st.logits)
 
+    def prefill(self, state: PixelCNNState, e_prev: torch.Tensor | None, pos: int, e_run: torch.Tensor) -> None:
+        """Advance the state through positions pos .. pos+R-1 whose codes are known, e_run [B, R, D] their embeddings,
+        without their logits: the state afterwards is that of R calls ``step(state, e, pos + i)`` with e = e_prev,
+        e_run[:, 0], ..., e_run[:, R-2] (so the next call is ``step(state, e_run[:, -1], pos + R)``). Like a language
+        model's prompt: per row the run covers, the rows above go in through the row products (``_start_row``) and
+        the run's pixels of that row through the ul stream together (one ``prefill`` call per layer); the output
+        layers are skipped."""
+        st, width, r = state, state.width, e_run.shape[1]
+        if r < 1 or pos < 0 or pos + r > st.height * width:
+            raise ValueError(f"prefill positions {pos}..{pos + r - 1} are outside the {st.height}x{width} map")
+        q = pos
+        while q < pos + r:
+            y, x0 = divmod(q, width)
+            x1 = min(width, x0 + pos + r - q)  # this row's part of the run: columns x0 .. x1-1
+            prev = e_prev if q == pos else e_run[:, q - pos - 1]  # the embedding at q - 1
+            if x0 == 0:  # q - 1 ends the row above: take it in alone (as step does), then the row products
+                if q > 0:
+                    st.x[:, y - 1, width - 1, :-1] = prev
+                    self.ul_in_left.step(st.ul_in_left, st.x[:, y - 1, width - 1], q - 1)
+                self._start_row(st, y)
+                inputs = e_run[:, q - pos:q - pos + x1 - x0 - 1]  # at positions q .. q + n - 2
+                first = 0
+            else:
+                inputs = torch.cat([prev[:, None], e_run[:, q - pos:q - pos + x1 - x0 - 1]], dim=1)  # q-1 .. q+n-2
+                first = x0 - 1
+            ul = st.ul_up[:, x0:x1]
+            if inputs.shape[1]:
+                st.x[:, y, first:first + inputs.shape[1], :-1] = inputs
+                left = self.ul_in_left.prefill(st.ul_in_left, st.x[:, y, first:first + inputs.shape[1]],
+                                               y * width + first)
+                ul = ul + (F.pad(left, (0, 0, 1, 0)) if x0 == 0 else left)  # right_shift: column 0 has none
+            for i in range(1, len(self.blocks), 2):
+                ul = self.blocks[i].prefill(st.blocks[i], ul, q, a=st.u_rows[i - 1], h_proj=st.h_rows[i])
+            q += x1 - x0
+
     def _start_row(self, st: PixelCNNState, y: int) -> None:
         """Row y of the condition projections, of the u stream and of down_shift(ul_in_up), from the rows above."""
         b, w = st.x.shape[0], st.width
