@@ -1,21 +1,23 @@
 """Structure sampling with the known-code context (issue 16) against the full cached sampler, same run.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_context.py [--models paper,faces-128] [--n 1,10] [--rounds 1]
-        [--masks DIR] [--json OUT.json]
+        [--targets 0.1,0.25,0.5] [--masks DIR] [--json OUT.json]
 
 For each model: the PixelCNN (``paper``: ``structure_preset("paper")`` with random weights, the cost does not depend
 on them; ``faces-128``: the shipped model) and its VQ encoder (``paper``: ``vqvae_preset("paper")``, random), holes
 of 10 / 25 / 50 % of the image (a centre box, and the NVIDIA mask of ``--masks`` block 1-10 %, 20-30 %, 40-50 %
 whose hole is nearest to the target; skipped when the folder is missing), n = 1 and 10 samples as one batch:
 
-- ``full``: ``sample_cached`` with no context (every position drawn: today's default), once per n (its cost does
-  not depend on the mask);
-- ``known``: ``sample_cached`` with ``Inpainter.known_codes``'s context (exact receptive field of the top codes),
-  per mask: the fraction of codes known, the fraction of positions run (up to the last drawn one), the time, the
-  speed-up over ``full``.
+- ``full``: ``sample_cached`` with no context (every position drawn: today's default);
+- ``known``: ``sample_cached`` with ``Inpainter.known_codes``'s context (exact receptive field of the top codes):
+  the fraction of codes known, the fraction of positions run (up to the last drawn one), the time, the speed-up
+  over ``full``. Per mask, ``full`` and ``known`` run back to back (pairs: a loaded machine drifts), after one
+  warm-up sampling per model and n (the first call pays for allocations and oneDNN's primitive set-up).
 
-Times are the minimum over ``--rounds`` (h and the context are made outside the timer; the context's cost, one VQ
-encoder pass, is timed separately as ``ctx s``). Figures: docs/benchmarks.md.
+Times are the minimum over ``--rounds`` of the process's CPU time (``time.process_time``: with one thread it
+counts only this process's work, so other processes on a loaded machine disturb it far less than the wall clock,
+which is printed too); h and the context are made outside the timer, the context's cost (one VQ encoder pass and
+the receptive field) is timed separately as ``ctx``. Figures: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -75,20 +77,21 @@ def nvidia_mask(frac: float, size: int, scan: int = 200) -> tuple[str, torch.Ten
     return best[1], F.adaptive_max_pool2d(m, (size, size)) if m.shape[-1] != size else m
 
 
-def timed(fn, rounds: int) -> float:
-    best = float("inf")
+def timed(fn, rounds: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of fn, the round with the least CPU time."""
+    best = (float("inf"), float("inf"))
     for _ in range(rounds):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, (time.process_time() - c0, time.perf_counter() - t0))
     return best
 
 
-def run(name: str, ns: list[int], rounds: int) -> list[dict]:
+def run(name: str, ns: list[int], rounds: int, targets: list[float]) -> list[dict]:
     net, enc, codebook, size = load(name)
     s = size // 8
-    masks = [(f"centre {int(f * 100)}%", centre_box(size, f)) for f in TARGETS]
-    for f in TARGETS:
+    masks = [(f"centre {int(f * 100)}%", centre_box(size, f)) for f in targets]
+    for f in targets:
         got = nvidia_mask(f, size)
         if got is not None:
             masks.append((f"nvidia {got[0]}", got[1]))
@@ -97,23 +100,28 @@ def run(name: str, ns: list[int], rounds: int) -> list[dict]:
     rows = []
     for n in ns:
         h = torch.randn(n, net.blocks[0].cond.in_ch // 2, s, s, generator=g)
-        full = timed(lambda: sample_cached(net, h, codebook, seed=0), rounds)
-        print(f"{name} n={n}: full cached {full:.2f} s", flush=True)
+        warm = torch.ones(s, s, dtype=torch.bool)
+        warm[1] = False  # row 0 prefilled, row 1 drawn, then stop: every path once
+        sample_cached(net, h, codebook, seed=0, context=Context(torch.zeros(s, s, dtype=torch.int64), warm))
+        print(f"{name} n={n}:", flush=True)
         for label, m in masks:
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             with torch.inference_mode():
                 codes = enc(image * (1 - m), update_codebooks=False).idx_t[0]
                 known = ~enc.top_reach(m)[0]
-            ctx_s = time.perf_counter() - t0
+            ctx_s = time.process_time() - t0
             drawn = (~known).flatten().nonzero()
             run_frac = (int(drawn[-1]) + 1) / (s * s) if len(drawn) else 0.0
-            t = timed(lambda: sample_cached(net, h, codebook, seed=0, context=Context(codes, known)), rounds)
+            full, full_wall = timed(lambda: sample_cached(net, h, codebook, seed=0), rounds)
+            t, wall = timed(lambda: sample_cached(net, h, codebook, seed=0, context=Context(codes, known)), rounds)
             row = dict(model=name, n=n, mask=label, hole=round(float(m.mean()), 3),
                        known=round(float(known.float().mean()), 3), run=round(run_frac, 3), full_s=round(full, 3),
-                       known_s=round(t, 3), ctx_s=round(ctx_s, 3), speedup=round(full / t, 2))
+                       known_s=round(t, 3), ctx_s=round(ctx_s, 3), speedup=round(full / t, 2),
+                       full_wall_s=round(full_wall, 2), known_wall_s=round(wall, 2))
             rows.append(row)
             print(f"  {label:18s} hole {row['hole']:.2f}  known {row['known']:.2f}  run {row['run']:.2f}  "
-                  f"known-context {t:.2f} s (+ctx {ctx_s:.3f} s)  x{full / t:.2f}", flush=True)
+                  f"full {full:.2f} s CPU ({full_wall:.1f} s wall)  known-context {t:.2f} s CPU (+ctx {ctx_s:.3f} s; "
+                  f"{wall:.1f} s wall)  x{full / t:.2f}", flush=True)
     return rows
 
 
@@ -122,6 +130,7 @@ def main() -> None:
     ap.add_argument("--models", default="paper,faces-128")
     ap.add_argument("--n", default="1,10")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--targets", default="0.1,0.25,0.5", help="hole fractions (of 0.1, 0.25, 0.5)")
     ap.add_argument("--masks", default="/work/shared/data/masks/nvidia-irregular-256",
                     help="NVIDIA mask folder (skipped when missing)")
     ap.add_argument("--json", help="write the rows here")
@@ -131,7 +140,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     rows = []
     for name in a.models.split(","):
-        rows += run(name, [int(v) for v in a.n.split(",")], a.rounds)
+        rows += run(name, [int(v) for v in a.n.split(",")], a.rounds, [float(v) for v in a.targets.split(",")])
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

@@ -133,6 +133,19 @@ def test_early_stop_runs_nothing_after_the_last_draw(net, monkeypatch):
     assert len(calls) == int((~ring).sum())  # the naive sampler runs the network at drawn positions only
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_sampler_with_context(net):
+    pixelcnn, h, codebook = net
+    pixelcnn, h, codebook = pixelcnn.cuda(), h.cuda(), codebook.cuda()
+    for name, known in contexts():
+        for seed in (0, 1):  # the first call captures, the second replays with new noise and codes
+            ctx = Context(torch.randint(0, codebook.shape[0], (4, 6, 6), generator=torch.Generator().manual_seed(seed)),
+                          known)
+            eager = sample_cached(pixelcnn, h, codebook, seed=seed, context=ctx)
+            graphed = sample_cached(pixelcnn, h, codebook, seed=seed, context=ctx, cuda_graph=True)
+            assert torch.equal(eager.codes, graphed.codes), name
+
+
 def test_context_errors(net):
     pixelcnn, h, codebook = net
     good = torch.zeros(6, 6, dtype=torch.bool)
