@@ -66,8 +66,10 @@ def available() -> bool:
     return _C is not None
 
 
-def why_unavailable() -> str | None:
-    """Why the extension is not used, or None when it is."""
+def why_unavailable() -> str:
+    """A sentence either way: why the extension is not used, or that it is loaded and used."""
+    if _C is not None:
+        return f"nothing: pyinpaint._C is loaded and used ({getattr(_C, '__file__', 'built in')})"
     return _reason
 
 

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from pyinpaint.io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, load_image  # reading image files lives in io
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
@@ -55,8 +57,6 @@ __all__ = [
     "make_mask_source",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-MASK_EXTENSIONS = IMAGE_EXTENSIONS + (".bmp", ".tif", ".tiff")
 RECIPES = ("faces", "scenes", "resize", "center-crop")
 MASK_SPECS = ("center", "center-box", "random", "box", "stroke", "protocol")
 FLIST_SUFFIXES = (".txt", ".flist")
@@ -188,39 +188,6 @@ def list_images(root: PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS) ->
     if not files:
         raise ValueError(f"no images ({', '.join(exts)}) found in folder {root}")
     return sorted(files)
-
-
-def load_image(path: PathLike) -> Image.Image:
-    """Open an image file as a fully decoded RGB ``PIL.Image``.
-
-    Greyscale, palette, CMYK and RGBA files become RGB (alpha is dropped, not composited, as the
-    official ``tf.image.decode_*(channels=3)`` does); 16-bit greyscale keeps its high byte, as TF's
-    8-bit decoding does. EXIF orientation is ignored, as in the official loader. An unreadable or
-    truncated file raises ``ValueError`` naming the file.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_rgb(im)
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im.copy()
-    if im.mode.startswith("I") or im.mode == "F":
-        a = np.asarray(im)
-        if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255):
-            a = a.astype(np.uint32) >> 8  # 16-bit: keep the high byte
-        a = np.clip(a, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(a[:, :, None], 3, axis=2))
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")  # avoids PIL's palette-transparency warning
-    return im.convert("RGB")
 
 
 def _tf1_resize_bilinear(a: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

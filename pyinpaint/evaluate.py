@@ -76,13 +76,20 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
     import torch.nn.functional as F
 
     from pyinpaint import io
-    from pyinpaint.data import load_image, load_mask, make_mask_source, preprocess, MASK_SPECS
+    from pyinpaint.data import load_mask, make_mask_source, preprocess, MASK_SPECS
+    from pyinpaint.io import read_image
     from pyinpaint.runs import load_structure
     from pyinpaint.sampler import sample_cached
 
-    model, vqvae = load_structure(run, device)
+    if Path(run, "config.json").is_file() and not Path(run, "model.safetensors").is_file():
+        model, vqvae = load_structure(run, device)  # a structure training run
+    else:  # a shipped model's name or a model directory
+        from pyinpaint.inpainter import get_inpainter
+
+        loaded = get_inpainter(run, device).model
+        model, vqvae = loaded.structure, loaded.vqvae
     size, k = model.cfg.image_size, model.cfg.num_embeddings
-    x = preprocess(load_image(image), size, "resize")[None].to(device)
+    x = preprocess(read_image(image), size, "resize")[None].to(device)
     if str(mask) in MASK_SPECS:
         m = make_mask_source(str(mask), size, seed=seed).sample(0)
     else:

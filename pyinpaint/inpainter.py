@@ -8,34 +8,36 @@ completion at model size -> bilinear back to the input's size, composited with t
 known pixel is the input's, bit for bit -> n images at the input's size. Each step appears once.
 
 :class:`Inpainter` holds a loaded model (:mod:`pyinpaint.modelfile`); :func:`sample` loads and caches one per
-(model directory, device).
+(model directory, device). Models shipped in the package are known by name (:data:`SHIPPED`, ``pyinpaint models``).
 """
 from __future__ import annotations
 
 import functools
-import math
 import operator
 import os
 import secrets
-import sys
+import re
 import threading
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pyinpaint.io import ImageLike, InpaintWarning, MaskLike, read_image, read_mask, read_pair  # noqa: F401
+from pyinpaint.io import warn as _warn
 from pyinpaint.modelfile import Model, load_model
 from pyinpaint.models.texture import complete
 
-ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, torch.Tensor]
-MaskLike = ImageLike
 Progress = Callable[[int, int], Any]
+
+# Sampling temperatures accepted: codes are drawn as argmax(logits / T + Gumbel noise) in float32, which overflows for
+# tiny T; below 1e-3 the draw is the argmax anyway (use top_k=1), above 1e3 it is uniform noise.
+TEMPERATURE = (1e-3, 1e3)
 
 # Structure samplers; all draw the same codes for a seed. The first is the default. "graph" is the cached sampler
 # replayed from a CUDA graph (CUDA devices only; not yet measured on a GPU).
@@ -44,172 +46,21 @@ SAMPLERS = ("cached", "naive", "graph")
 CONTEXTS = ("sampled", "known")
 
 
-class InpaintWarning(UserWarning):
-    """Something about the input was changed or is degenerate (colour conversion, empty mask, ...)."""
-
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _warn(msg: str) -> None:
-    if sys.version_info >= (3, 12):  # point at the caller's line, outside pyinpaint
-        warnings.warn(msg, InpaintWarning, skip_file_prefixes=(_HERE,))
-    else:
-        warnings.warn(msg, InpaintWarning, stacklevel=3)
-
-
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """None: CUDA when available, else the CPU. An explicit CUDA device must exist."""
-    if device is None:
+    """The package's one device rule. None or "auto": CUDA when available, else the CPU. An explicit device must
+    exist (ValueError naming it and what to use instead)."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} asked for, but torch sees no CUDA device")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} asked for, but torch sees no CUDA device: use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return dev
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-def _pil_to_rgb(im: Image.Image, what: str) -> np.ndarray:
-    from pyinpaint.data import _to_rgb  # the loader's one colour conversion (16-bit, palette, alpha rules)
-
-    mode = im.mode
-    if mode != "RGB":
-        if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-            _warn(f"{what} has an alpha channel (mode {mode}): converted to RGB, alpha dropped (not composited)")
-        elif mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
-            _warn(f"{what} is greyscale (mode {mode}): converted to RGB")
-        elif mode == "P":
-            _warn(f"{what} is a palette image: converted to RGB")
-        else:
-            _warn(f"{what} has mode {mode}: converted to RGB")
-    return np.array(_to_rgb(im), dtype=np.uint8)
-
-
-def _check_finite_range(a: np.ndarray, lo: float, hi: float, what: str) -> None:
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise ValueError(f"{what} contains NaN or infinite values")
-    if a.size and (a.min() < lo or a.max() > hi):
-        raise ValueError(f"{what} values must be in [{lo:g}, {hi:g}], found [{a.min():g}, {a.max():g}]")
-
-
-def read_image(image: ImageLike) -> np.ndarray:
-    """Any accepted image -> H x W x 3 uint8 RGB.
-
-    Accepted: a file path; a PIL image; a numpy array H x W x 3 (uint8 0..255, or float in [0, 1]);
-    a torch tensor 3 x H x W (float in [0, 1], or uint8), optionally with a leading batch dimension of 1.
-    Greyscale (H x W, 1 channel), RGBA (4 channels, alpha dropped) and palette images are converted to RGB with
-    a warning. Floats become 8-bit values by round(255 x). Errors: ValueError."""
-    what = "image"
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        what = f"image {path}"
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return _pil_to_rgb(im, what)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image file {path} does not exist") from None
-        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from None
-    if isinstance(image, Image.Image):
-        return _pil_to_rgb(image, what)
-    if isinstance(image, torch.Tensor):
-        t = image.detach()
-        if t.dim() == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.dim() == 2:
-            t = t[None]
-        if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
-            hint = " (channels first: 3 x H x W)" if t.dim() == 3 and t.shape[-1] in (3, 4) else ""
-            raise ValueError(f"image tensor must be 3 x H x W{hint}, got shape {tuple(image.shape)}")
-        a = t.cpu().permute(1, 2, 0).numpy()
-        if t.dtype == torch.uint8:
-            return _channels_to_rgb(a, what)
-        if not t.is_floating_point():
-            raise ValueError(f"image tensor must be float in [0, 1] or uint8, got dtype {t.dtype}")
-        a = a.astype(np.float32)
-        _check_finite_range(a, 0.0, 1.0, "image tensor")
-        return _channels_to_rgb(np.round(a * 255.0).astype(np.uint8), what)
-    if isinstance(image, np.ndarray):
-        a = image
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-            raise ValueError(f"image array must be H x W x 3 (RGB), H x W x 4 (RGBA) or H x W (greyscale), "
-                             f"got shape {image.shape}")
-        if a.dtype == np.uint8:
-            return _channels_to_rgb(a, what)
-        if a.dtype.kind == "f":
-            _check_finite_range(a, 0.0, 1.0, "image array (float: values in [0, 1]; pass uint8 for 0..255)")
-            return _channels_to_rgb(np.round(a.astype(np.float64) * 255.0).astype(np.uint8), what)
-        if a.dtype.kind in "iu":
-            _check_finite_range(a, 0, 255, "image array")
-            return _channels_to_rgb(a.astype(np.uint8), what)
-        raise ValueError(f"image array must be uint8 or float, got dtype {a.dtype}")
-    raise ValueError(f"unsupported image type {type(image).__name__}: pass a path, a PIL image, an H x W x 3 uint8 "
-                     "array or a 3 x H x W float tensor in [0, 1]")
-
-
-def _channels_to_rgb(a: np.ndarray, what: str) -> np.ndarray:
-    if a.shape[2] == 1:
-        _warn(f"{what} is greyscale: converted to RGB")
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        _warn(f"{what} is RGBA: converted to RGB, alpha dropped (not composited)")
-        a = a[:, :, :3]
-    return np.array(a, dtype=np.uint8, order="C")  # a copy: the caller may change its array later
-
-
-def read_mask(mask: MaskLike) -> np.ndarray:
-    """Any accepted mask -> H x W bool, True = hole (to fill).
-
-    Accepted: a file path (single-channel, or colour with equal channels; any nonzero value is a hole), a PIL
-    image (same rule), a numpy array or torch tensor H x W (also 1 x H x W, 1 x 1 x H x W, H x W x 1) of bool,
-    integers or floats: nonzero / True / 255 = hole. Errors: ValueError (NaN, negative values, several channels)."""
-    if isinstance(mask, (str, os.PathLike)):
-        from pyinpaint.data import load_mask
-
-        path = Path(mask)
-        if not path.exists():
-            raise FileNotFoundError(f"mask file {path} does not exist")
-        return load_mask(path)[0].numpy() > 0
-    if isinstance(mask, Image.Image):
-        mode = mask.mode
-        if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
-            a = np.asarray(mask)
-        elif mode in ("LA", "La"):
-            a = np.asarray(mask.getchannel("L"))
-        elif mode in ("RGB", "RGBA", "RGBX", "P", "PA"):
-            rgb = np.asarray(mask.convert("RGBA") if mode.startswith("P") else mask)[..., :3]
-            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                raise ValueError(f"mask must be single-channel: the {mode} mask image has differing colour channels")
-            a = rgb[..., 0]
-        else:
-            raise ValueError(f"mask must be single-channel: PIL mode {mode} is not supported")
-        return a > 0
-    if isinstance(mask, torch.Tensor):
-        a = mask.detach().cpu().numpy()
-    elif isinstance(mask, np.ndarray):
-        a = mask
-    else:
-        raise ValueError(f"unsupported mask type {type(mask).__name__}: pass a path, a PIL image, or an H x W "
-                         "array or tensor (nonzero = hole)")
-    shape = a.shape
-    while a.ndim > 2 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim != 2:
-        raise ValueError(f"mask must be H x W (single channel), got shape {shape}")
-    if a.dtype == np.bool_:
-        return a.copy()
-    if a.dtype.kind not in "iuf":
-        raise ValueError(f"mask must be bool, integer or float, got dtype {a.dtype}")
-    if a.dtype.kind == "f" and np.isnan(a).any():
-        raise ValueError("mask contains NaN values")
-    if a.size and a.min() < 0:
-        raise ValueError(f"mask values must be >= 0 (nonzero = hole), found {a.min():g}")
-    return a != 0
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -256,10 +107,11 @@ class Inpainter:
                 m.eval().requires_grad_(False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "Inpainter":
-        """A model directory (see :mod:`pyinpaint.modelfile`); ``device`` None = CUDA if available, else CPU."""
+    def load(cls, model: str | os.PathLike | None = None, device: str | torch.device | None = None) -> "Inpainter":
+        """A shipped model by name (``"faces"``, see :func:`shipped_models`; None = the default) or a model directory
+        (see :mod:`pyinpaint.modelfile`); ``device`` None = CUDA if available, else CPU."""
         dev = resolve_device(device)
-        return cls(load_model(path, dev), dev)
+        return cls(load_model(model_path(model), dev), dev)
 
     @property
     def image_size(self) -> int:
@@ -270,7 +122,7 @@ class Inpainter:
                 f"discriminator {'yes' if self.model.discriminator is not None else 'no'})")
 
     # ------------------------------------------------------------------ the steps of one call
-    def prepare(self, image: ImageLike, mask: MaskLike) -> Prepared:
+    def prepare(self, image: ImageLike, mask: MaskLike, invert: bool = False) -> Prepared:
         """Read and check image and mask, and bring them to the model's resolution S.
 
         Image: bilinear with half-pixel centres, no antialiasing (official ``test.py``'s cv2.INTER_LINEAR).
@@ -278,13 +130,7 @@ class Inpainter:
         holes never vanish, however thin."""
         from pyinpaint.data import preprocess
 
-        img = read_image(image)
-        hole = read_mask(mask)
-        if img.shape[:2] != hole.shape:
-            raise ValueError(f"image and mask sizes differ: image is {img.shape[1]}x{img.shape[0]}, mask is "
-                             f"{hole.shape[1]}x{hole.shape[0]} (width x height)")
-        if hole.all():
-            raise ValueError("the mask covers every pixel of the image: nothing to condition on")
+        img, hole = read_pair(image, mask, invert)
         s = self.image_size
         x = preprocess(img, s, "resize")[None].to(self.device)
         m = torch.from_numpy(hole).to(self.device, torch.float32)[None, None]
@@ -307,11 +153,12 @@ class Inpainter:
             raise ValueError(f"sampler='graph' replays a CUDA graph: it needs a CUDA device (this Inpainter is on "
                              f"{self.device}); use 'cached'")
         try:
-            ok = not isinstance(temperature, bool) and math.isfinite(float(temperature)) and float(temperature) > 0
+            ok = not isinstance(temperature, bool) and TEMPERATURE[0] <= float(temperature) <= TEMPERATURE[1]
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            raise ValueError(f"temperature must be a positive number (got {temperature!r})")
+            raise ValueError(f"temperature must be a number in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}] (got "
+                             f"{temperature!r}); for the likeliest codes only, use top_k=1")
         k = self.model.structure.cfg.num_embeddings
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
                                   or not 1 <= top_k <= k):
@@ -322,9 +169,12 @@ class Inpainter:
         if seed is None:
             return secrets.randbelow(2 ** 31)
         try:
-            return operator.index(seed)
+            seed = operator.index(seed)
         except TypeError:
             raise ValueError(f"seed must be an integer or None (got {seed!r})") from None
+        if isinstance(seed, bool) or not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed must be an integer in [0, 2**64) (got {seed})")
+        return int(seed)
 
     @torch.inference_mode()
     def known_codes(self, prepared: Prepared):
@@ -410,11 +260,11 @@ class Inpainter:
     # ------------------------------------------------------------------ the whole call
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-                progress: Progress | None = None, context: str = CONTEXTS[0]) -> Result:
+                invert: bool = False, progress: Progress | None = None, context: str = CONTEXTS[0]) -> Result:
         """:meth:`sample` with everything kept: the seed used, sampled codes, model-size completions, scores."""
         seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
                                   context=context)
-        prepared = self.prepare(image, mask)
+        prepared = self.prepare(image, mask, invert)
         n = int(n)
         if not prepared.hole.any():
             _warn("the mask is empty (no pixel to fill): returning copies of the input")
@@ -439,12 +289,14 @@ class Inpainter:
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-               progress: Progress | None = None, context: str = CONTEXTS[0]) -> list[Image.Image]:
+               invert: bool = False, progress: Progress | None = None,
+               context: str = CONTEXTS[0]) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
         image: path, PIL image, H x W x 3 uint8 array or 3 x H x W float tensor in [0, 1] (greyscale, RGBA and
         palette images are converted with a warning). mask: path, PIL image, H x W array or tensor; nonzero /
-        True / 255 = fill. Pixels outside the hole are returned exactly as given. ``seed`` fixes the samples
+        True / 255 = fill (``invert=True``: zero / black = fill). Files and PIL images are turned upright by their
+        EXIF orientation. Pixels outside the hole are returned exactly as given. ``seed`` fixes the samples
         (None: a fresh one, stored in each image's ``info["seed"]``); ``temperature`` and ``top_k`` shape the
         code distribution; ``rank`` orders the samples by the discriminator's mean score, best first;
         ``progress(done, total)`` is called after each sampled position; ``context`` is what the known region
@@ -452,7 +304,7 @@ class Inpainter:
         pixels determine are taken, the rest drawn: see :meth:`sample_structures`).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, progress=progress, context=context).images
+                            rank=rank, invert=invert, progress=progress, context=context).images
 
 
 # ---------------------------------------------------------------------------------------------- sample()
@@ -460,27 +312,72 @@ _CACHE: dict[tuple[str, str], Inpainter] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-DEFAULT_MODEL = Path(_HERE) / "weights" / "faces-128"  # shipped inside the package (see its README.md)
+# The models shipped in the package: name -> folder in pyinpaint/weights/ (config.json, model.safetensors and a model
+# card README.md). Shipping another model = its folder + one line here. The first is the default.
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+SHIPPED = {"faces": "faces-128"}
+DEFAULT_NAME = next(iter(SHIPPED))
+DEFAULT_MODEL = WEIGHTS / SHIPPED[DEFAULT_NAME]
+
+
+def _shipped_folder(name: str) -> Path | None:
+    folder = SHIPPED.get(name) or (name if name in SHIPPED.values() else None)
+    return None if folder is None else WEIGHTS / folder
+
+
+def model_path(model: str | os.PathLike | None = None) -> Path:
+    """The model directory of a shipped model's name (``"faces"``, or its folder name ``"faces-128"``; None = the
+    default), or ``model`` itself as a path. Names never contain a slash: write ``./faces`` for a folder of that
+    name. Errors: FileNotFoundError when a shipped model is missing from the installation."""
+    if model is None:
+        model = DEFAULT_NAME
+    folder = _shipped_folder(model) if isinstance(model, str) else None
+    if folder is None:
+        return Path(model).expanduser()
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the shipped model {model!r} is missing from this installation ({folder}): reinstall "
+                                "pyinpaint, or pass a model directory written by `pyinpaint export` or "
+                                "`pyinpaint convert-official`")
+    return folder
 
 
 def default_model() -> Path:
     """The model directory :func:`sample` uses when none is given: the faces model shipped with the package."""
-    if not (DEFAULT_MODEL / "model.safetensors").is_file():
-        raise FileNotFoundError(f"the default model is missing from this installation ({DEFAULT_MODEL}): reinstall "
-                                "pyinpaint, or pass model=PATH, a model directory written by `pyinpaint export` or "
-                                "`pyinpaint convert-official`")
-    return DEFAULT_MODEL
+    return model_path(None)
+
+
+def _card_line(card: str, heading: str) -> str:
+    """The first sentence of a section of a model card, without markdown."""
+    m = re.search(rf"^## {heading}\s*\n+(.+?)(?:\.\s|\(|;|\n\n)", card, re.M | re.S)
+    return " ".join(m.group(1).replace("`", "").replace("*", "").split()) if m else "see its model card"
+
+
+def shipped_models() -> list[dict[str, Any]]:
+    """The models shipped in the package, default first: name, folder, image size, megabytes on disk, number of
+    parameters and what it was trained on (from each model's config.json and card)."""
+    from pyinpaint.modelfile import read_config
+
+    out = []
+    for name, folder in SHIPPED.items():
+        path = WEIGHTS / folder
+        if not (path / "model.safetensors").is_file():
+            out.append({"name": name, "path": path, "missing": True})
+            continue
+        config = read_config(path)
+        card = (path / "README.md").read_text(encoding="utf-8") if (path / "README.md").is_file() else ""
+        out.append({"name": name, "path": path, "image_size": config["vqvae"]["image_size"],
+                    "megabytes": (path / "model.safetensors").stat().st_size / 1e6,
+                    "trained_on": _card_line(card, "Data"), "default": name == DEFAULT_NAME})
+    return out
 
 
 def get_inpainter(model: str | os.PathLike | Inpainter | None, device: str | torch.device | None = None) -> Inpainter:
-    """The cached :class:`Inpainter` of a model directory (None: the default model) on a device (loaded on first
-    use)."""
+    """The cached :class:`Inpainter` of a shipped model's name or a model directory (None: the default model) on a
+    device (loaded on first use)."""
     if isinstance(model, Inpainter):
         return model
-    if model is None:
-        model = default_model()
     dev = resolve_device(device)
-    key = (str(Path(model).expanduser().resolve()), str(dev))
+    key = (str(model_path(model).resolve()), str(dev))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = Inpainter.load(key[0], dev)
@@ -496,9 +393,11 @@ def clear_cache() -> None:
 def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None, temperature: float = 1.0,
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
-           progress: Progress | None = None, context: str = CONTEXTS[0]) -> list[Image.Image]:
-    """n diverse completions of ``image`` where ``mask`` is nonzero (see :meth:`Inpainter.sample`), with the
-    model directory ``model`` (default: the faces model shipped with pyinpaint, 128 px) loaded once per
-    (model, device) and cached."""
+           invert: bool = False, progress: Progress | None = None, context: str = CONTEXTS[0]) -> list[Image.Image]:
+    """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; see
+    :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
+    :class:`Inpainter`; default: the faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and
+    cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
-                                               sampler=sampler, rank=rank, progress=progress, context=context)
+                                               sampler=sampler, rank=rank, invert=invert, progress=progress,
+                                               context=context)

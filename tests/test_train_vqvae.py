@@ -139,16 +139,16 @@ def test_cli_train_then_eval(image_dir, tmp_path, capsys):
     assert model.cfg == vqvae_preset("tiny")
 
     assert main(["train", "vqvae", "--data", str(image_dir), "--out", str(out), "--config", "tiny",
-                 "--steps", "4", "--device", "cpu", "--quiet"]) == 2
+                 "--steps", "4", "--device", "cpu", "--quiet"]) == 1  # runtime error: exit 1 (2 = argparse usage errors)
     assert "already holds a run" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "vqvae", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"),
-                 "--config", "tiny", "--device", "cpu"]) == 2
+                 "--config", "tiny", "--device", "cpu"]) == 1
     assert str(tmp_path / "empty") in capsys.readouterr().err
-    assert main(["eval", "vqvae", str(tmp_path / "nope"), "--data", str(tmp_path), "--device", "cpu"]) == 2
+    assert main(["eval", "vqvae", str(tmp_path / "nope"), "--data", str(tmp_path), "--device", "cpu"]) == 1
     assert "not a training run" in capsys.readouterr().err
 
 

@@ -2,7 +2,7 @@
 
 Tensors are NCHW here (PyTorch); the official code is NHWC. Where TF and PyTorch differ, the TF
 behaviour is the one implemented (padding, initialisation), so that official weights give the same
-numbers. The official TF names of the layers live in :mod:`pyinpaint.models.official`, not here.
+numbers. The official TF names of the layers live in :mod:`pyinpaint.official`, not here.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``ConditionNet``: [masked image, ones, mask] -> h (8*cond_channels x S/8 x S/8), run once per image.
 ``PixelCNN``: top-code embeddings e (teacher forcing, or what has been sampled so far) + h -> logits over
 the K codes at every position, strictly causal in raster order. Submodules are registered in the official
-variable-creation order (see :mod:`pyinpaint.models.official`).
+variable-creation order (see :mod:`pyinpaint.official`).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Stage 1: the hierarchical VQ-VAE (official ``net/vqvae.py``), NCHW.
 
 Submodules are registered in the order the official code creates its TF variables; the official name
-mapping (:mod:`pyinpaint.models.official`) relies on that order.
+mapping (:mod:`pyinpaint.official`) relies on that order.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from pyinpaint import io
+from pyinpaint.inpainter import resolve_device  # noqa: F401  (the package's one device rule)
 
 
 @dataclass
@@ -86,14 +87,6 @@ class Task(Protocol):
     def visualize(self, model: nn.Module, batch: Any):  # -> PIL.Image
         ...
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} asked for, but torch sees no CUDA device")
-    return dev
 
 
 class EMA:
