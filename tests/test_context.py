@@ -221,7 +221,7 @@ def test_cli_and_eval_take_context(inpainter, photo, tmp_path, capsys):
     assert main(["sample", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "-n", "2", "-o",
                  str(tmp_path / "out"), "--model", model, "--seed", "3", "--context", "known", "--quiet"]) == 0
     expected = inpainter.sample(image, hole, n=2, seed=3, context="known")
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "result_00.png")), np.asarray(expected[0]))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "in_00.png")), np.asarray(expected[0]))
     assert main(["sample", str(tmp_path / "in.png"), str(tmp_path / "mask.png"), "-o", str(tmp_path / "o2"),
                  "--model", model, "--context", "nope", "--quiet"]) != 0
     assert "unknown context 'nope'" in capsys.readouterr().err
