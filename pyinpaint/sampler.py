@@ -216,9 +216,10 @@ def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, no
             end = p
             while plan.all_known[end + 1]:
                 end += 1
-            run = codebook[plan.codes[:, p:end + 1]]  # [N, R, D]
-            pixelcnn.prefill(state, e_prev, p, run)
-            e_prev = run[:, -1]
+            known = codebook[plan.codes[:, p:end + 1]]  # [N, R, D]
+            first = torch.zeros_like(known[:, :1]) if e_prev is None else e_prev[:, None]  # (not read at p = 0)
+            pixelcnn.prefill(state, torch.cat([first, known[:, :-1]], dim=1), p)  # the inputs: codes at p-1 .. end-1
+            e_prev = known[:, -1]
             if progress is not None:
                 for q in range(p, end + 1):
                     progress(q)
@@ -227,7 +228,7 @@ def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, no
         logits = pixelcnn.step(state, e_prev, p)
         if step is None:  # logits' dtype, device and layout are the same at every position: decide once
             step = sample_op.step_function(sample_op.choose_backend(
-                logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]))
+                logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]).require())
         _, e_prev = step(logits, noise[:, p], codebook, temperature, top_k, codes_out=codes[:, p])
         if plan.any_known[p]:  # known in some rows (several images in one batch): their codes win
             torch.where(plan.known[:, p], plan.codes[:, p], codes[:, p], out=codes[:, p])

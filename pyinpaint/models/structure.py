@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyinpaint.config import StructureConfig
-from pyinpaint.models.layers import (CausalConvState, GatedBlockState, GatedResBlock, WNConv2d, WNDense, concat_elu,
-                                     concat_elu_last, down_shift, right_shift)
+from pyinpaint.kernels.causal_conv import CausalConvState
+from pyinpaint.models.layers import (GatedBlockState, GatedResBlock, WNConv2d, WNDense, concat_elu, concat_elu_last,
+                                     down_shift, right_shift)
 
 # dilation of the first conv of each of the 10 gated blocks at the condition network's bottom
 _COND_RATES = (1, 1, 1, 2, 4, 8, 16, 1, 1, 1)
@@ -120,12 +121,11 @@ class PixelCNN(nn.Module):
         return self.logits(F.elu(ul))
 
     # ---------------------------------------------------------------------------------- step mode
-    def init_state(self, batch: int, height: int, width: int | None = None, *, h: torch.Tensor | None = None,
+    def init_state(self, batch: int, height: int, width: int, *, h: torch.Tensor | None = None,
                    h_proj: list[torch.Tensor] | None = None) -> PixelCNNState:
-        """Step state for sampling a ``height`` x ``width`` map (square by default) for ``batch`` rows of the condition
+        """Step state for sampling a ``height`` x ``width`` map for ``batch`` rows of the condition
         ``h`` [B, C_h, H, W] (or its projections ``h_proj``, as in forward): weights normalised once, every cache
         allocated here. The projections of h are made a row at a time (so they are never all held). Eval mode."""
-        width = height if width is None else width
         w = self.logits.v
         hc = cond_wt = cond_b = None
         if h_proj is None:
@@ -144,8 +144,8 @@ class PixelCNN(nn.Module):
         x[..., -1] = 1.0  # embed_input's ones channel (the padding around the map has none)
         return PixelCNNState(
             height, width, x,
-            self.u_in.init_state(batch, width), self.ul_in_up.init_state(batch, width),
-            self.ul_in_left.init_state(batch, width),
+            self.u_in.init_state(batch, height, width), self.ul_in_up.init_state(batch, height, width),
+            self.ul_in_left.init_state(batch, height, width),
             [blk.init_state(batch, height, width) for blk in self.blocks],
             hc, cond_wt, cond_b, None if h_proj is None else [p.detach() for p in h_proj], [],
             [None] * len(self.blocks), w.new_zeros(batch, width, self.u_in.out_ch), None,
@@ -170,40 +170,38 @@ class PixelCNN(nn.Module):
             ul = ul + F.linear(F.elu(ul), w, b)
         return F.linear(F.elu(ul), *st.logits)
 
-    def prefill(self, state: PixelCNNState, e_prev: torch.Tensor | None, pos: int, e_run: torch.Tensor) -> None:
-        """Advance the state through positions pos .. pos+R-1 whose codes are known, e_run [B, R, D] their embeddings,
-        without their logits: the state afterwards is that of R calls ``step(state, e, pos + i)`` with e = e_prev,
-        e_run[:, 0], ..., e_run[:, R-2] (so the next call is ``step(state, e_run[:, -1], pos + R)``). Like a language
-        model's prompt: per row the run covers, the rows above go in through the row products (``_start_row``) and
-        the run's pixels of that row through the ul stream together (one ``prefill`` call per layer); the output
-        layers are skipped."""
-        st, width, r = state, state.width, e_run.shape[1]
+    def prefill(self, state: PixelCNNState, x_run: torch.Tensor, pos: int) -> None:
+        """R steps at once where no logits are needed (codes known in advance): x_run [B, R, D] holds the step
+        inputs at positions pos .. pos+R-1, the embeddings at pos-1 .. pos+R-2 (x_run[:, 0] is not read at pos 0).
+        The state afterwards is that of ``step(state, x_run[:, i], pos + i)`` for i < R; nothing is returned. Like a
+        language model's prompt: for each row the run covers, the rows above go in through the row products
+        (``_start_row``) and the run's pixels of that row through the ul stream together (one ``prefill`` per
+        layer: [B*R, ...] products and the attention over the run at once); the output layers are skipped."""
+        st, width, r = state, state.width, x_run.shape[1]
         if r < 1 or pos < 0 or pos + r > st.height * width:
             raise ValueError(f"prefill positions {pos}..{pos + r - 1} are outside the {st.height}x{width} map")
         q = pos
         while q < pos + r:
             y, x0 = divmod(q, width)
-            x1 = min(width, x0 + pos + r - q)  # this row's part of the run: columns x0 .. x1-1
-            prev = e_prev if q == pos else e_run[:, q - pos - 1]  # the embedding at q - 1
-            if x0 == 0:  # q - 1 ends the row above: take it in alone (as step does), then the row products
+            n = min(width - x0, pos + r - q)  # this row's part of the run: columns x0 .. x0+n-1
+            run = x_run[:, q - pos:q - pos + n]  # the embeddings at q-1 .. q+n-2
+            if x0 == 0:  # q - 1 ends the row above: it goes in alone (as in step), then the row products
                 if q > 0:
-                    st.x[:, y - 1, width - 1, :-1] = prev
+                    st.x[:, y - 1, width - 1, :-1] = run[:, 0]
                     self.ul_in_left.step(st.ul_in_left, st.x[:, y - 1, width - 1], q - 1)
                 self._start_row(st, y)
-                inputs = e_run[:, q - pos:q - pos + x1 - x0 - 1]  # at positions q .. q + n - 2
-                first = 0
+                run, first = run[:, 1:], 0
             else:
-                inputs = torch.cat([prev[:, None], e_run[:, q - pos:q - pos + x1 - x0 - 1]], dim=1)  # q-1 .. q+n-2
                 first = x0 - 1
-            ul = st.ul_up[:, x0:x1]
-            if inputs.shape[1]:
-                st.x[:, y, first:first + inputs.shape[1], :-1] = inputs
-                left = self.ul_in_left.prefill(st.ul_in_left, st.x[:, y, first:first + inputs.shape[1]],
+            ul = st.ul_up[:, x0:x0 + n]
+            if run.shape[1]:
+                st.x[:, y, first:first + run.shape[1], :-1] = run
+                left = self.ul_in_left.prefill(st.ul_in_left, st.x[:, y, first:first + run.shape[1]],
                                                y * width + first)
                 ul = ul + (F.pad(left, (0, 0, 1, 0)) if x0 == 0 else left)  # right_shift: column 0 has none
             for i in range(1, len(self.blocks), 2):
                 ul = self.blocks[i].prefill(st.blocks[i], ul, q, a=st.u_rows[i - 1], h_proj=st.h_rows[i])
-            q += x1 - x0
+            q += n
 
     def _start_row(self, st: PixelCNNState, y: int) -> None:
         """Row y of the condition projections, of the u stream and of down_shift(ul_in_up), from the rows above."""
@@ -217,10 +215,10 @@ class PixelCNN(nn.Module):
             u = torch.zeros_like(st.ul_up)
         else:
             row = st.x[:, y - 1]
-            u = self.u_in.step(st.u_in, row, y - 1)  # down_shift: u_in's row y-1 is u's row y
-            st.ul_up = self.ul_in_up.step(st.ul_in_up, row, y - 1)
+            u = self.u_in.step(st.u_in, row, (y - 1) * w)  # down_shift: u_in's row y-1 is u's row y
+            st.ul_up = self.ul_in_up.step(st.ul_in_up, row, (y - 1) * w)
         for i in range(0, len(self.blocks), 2):
-            u = self.blocks[i].step(st.blocks[i], u, y, h_proj=st.h_rows[i])
+            u = self.blocks[i].step(st.blocks[i], u, y * w, h_proj=st.h_rows[i])
             st.u_rows[i] = u
 
 
