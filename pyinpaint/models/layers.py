@@ -310,7 +310,8 @@ class CausalSelfAttention(nn.Module):
         scores.masked_fill_(later, float("-inf"))  # position p attends to 0 .. p-1
         if pos == 0:
             scores[:, :, 0, 0] = 0.0  # position 0 attends to nothing: any finite row (its output is replaced below)
-        mixed = torch.matmul(torch.softmax(scores, dim=-1), state.inputs[:, None, :end])  # [B, heads, R, C]
+        probs = torch.softmax(scores, dim=-1).view(b, self.heads * r, end)  # heads and queries as one M: no broadcast
+        mixed = torch.bmm(probs, state.inputs[:, :end]).view(b, self.heads, r, c)  # [B, heads, R, C]
         out = torch.addmm(state.mix_bias, mixed.transpose(1, 2).reshape(b * r, -1), state.mix).view(b, r, c)
         if pos == 0:
             out[:, 0] = state.out_bias
