@@ -14,9 +14,8 @@ from pathlib import Path
 from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 
 
-_CONTEXT_HELP = ("what the known region gives the structure: sampled (every code drawn, the paper's rule) or known "
-                 "(codes the known pixels determine are taken from the VQ encoder, only the rest drawn: faster); "
-                 "default: the Python API's (see README)")
+_CONTEXT_HELP = ("what the known region gives the structure: known (default: the codes the known pixels determine are "
+                 "taken from the VQ encoder, only the rest drawn) or sampled (every code drawn, the paper's rule)")
 
 
 def _context(a: argparse.Namespace) -> dict:

@@ -42,8 +42,10 @@ TEMPERATURE = (1e-3, 1e3)
 # Structure samplers; all draw the same codes for a seed. The first is the default. "graph" is the cached sampler
 # replayed from a CUDA graph (CUDA devices only; not yet measured on a GPU).
 SAMPLERS = ("cached", "naive", "graph")
-# What the known region contributes to the structure (see Inpainter.sample_structures). The first is the default.
-CONTEXTS = ("sampled", "known")
+# What the known region contributes to the structure (see Inpainter.sample_structures). The first is the default:
+# "known" draws the same as "sampled" where the hole reaches every code, and measured no worse elsewhere
+# (docs/evaluation.md), at the same speed or faster (docs/benchmarks.md).
+CONTEXTS = ("known", "sampled")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -193,9 +195,9 @@ class Inpainter:
                           top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None,
                           context: str = CONTEXTS[0]):
         """n structure maps for one image as one batch: the condition network once, then the sampler.
-        ``context``: "sampled" draws every position (the paper's rule); "known" takes the encoder's codes where the
-        known pixels determine them (:meth:`known_codes`) and draws only the rest, stopping after the last drawn
-        position. Returns :class:`pyinpaint.sampler.Sampled` (codes [n, s, s], embeddings [n, D, s, s])."""
+        ``context``: "known" (the default) takes the encoder's codes where the known pixels determine them
+        (:meth:`known_codes`) and draws only the rest, stopping after the last drawn position; "sampled" draws every
+        position (the paper's rule). Returns :class:`pyinpaint.sampler.Sampled` (codes [n, s, s], embeddings [n, D, s, s])."""
         from pyinpaint import sampler as sampling
 
         if context not in CONTEXTS:
@@ -300,8 +302,8 @@ class Inpainter:
         (None: a fresh one, stored in each image's ``info["seed"]``); ``temperature`` and ``top_k`` shape the
         code distribution; ``rank`` orders the samples by the discriminator's mean score, best first;
         ``progress(done, total)`` is called after each sampled position; ``context`` is what the known region
-        gives the structure: "sampled" (every position drawn, the paper's rule) or "known" (the codes the known
-        pixels determine are taken, the rest drawn: see :meth:`sample_structures`).
+        gives the structure: "known" (default: the codes the known pixels determine are taken, the rest drawn; see
+        :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
                             rank=rank, invert=invert, progress=progress, context=context).images

@@ -106,8 +106,7 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
     known region too; with one, known positions take its codes (see :class:`Context` and the module notes).
 
     h: [N, C_h, s, s] (one row per sample: repeat an image's h for several samples); codebook [K, D].
-    ``progress(position)`` is called after each position (with the last position once when the rest is known).
-    Entropy is 0 where a code is known.
+    ``progress(position)`` is called after each position. Entropy is 0 where a code is known.
     """
     n, _, s, _ = h.shape
     k, d = codebook.shape
@@ -135,7 +134,7 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
                         ent[:, y, x].masked_fill_(plan.known[:, p], 0.0)
             codes[:, y, x] = idx
             e[:, :, y, x] = codebook[idx]
-            if progress is not None and (p <= plan.last or p == s * s - 1):
+            if progress is not None:
                 progress(p)
     finally:
         pixelcnn.train(was_training)
@@ -205,7 +204,8 @@ def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, no
         codes.copy_(plan.codes)  # known positions keep these; drawn ones are overwritten below
     if plan.last < 0:  # everything known: nothing to run
         if progress is not None:
-            progress(length - 1)
+            for q in range(length):
+                progress(q)
         return
     state = pixelcnn.init_state(n, height, width, h=h)
     e_prev = None
@@ -240,8 +240,9 @@ def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, no
         if progress is not None:
             progress(p)
         p += 1
-    if progress is not None and plan.last < length - 1:
-        progress(length - 1)
+    if progress is not None:  # the positions after the last draw: known, nothing to run
+        for q in range(plan.last + 1, length):
+            progress(q)
 
 
 @dataclass
