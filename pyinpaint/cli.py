@@ -26,9 +26,19 @@ def _context(a: argparse.Namespace) -> dict:
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
-    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("-o", "--out", required=True, help="run directory to create (or to continue with --resume); under "
+                                                 "torchrun only rank 0 writes it")
     p.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (official {batch_size})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"GLOBAL batch size: over all torchrun processes and --accumulate steps (official {batch_size})")
+    p.add_argument("--accumulate", type=int, default=1, metavar="K",
+                   help="split each process's share of the batch into K micro-batches (gradient accumulation: the "
+                        "paper's batch on a small GPU)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default fp32 = official; fp16 adds a gradient scaler); codebook search, "
+                        "losses, weight-norm / spectral-norm statistics and the EMA stay float32")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to RUN/tensorboard (needs pip install 'pyinpaint[tensorboard]')")
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (official {lr:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and crops")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -46,10 +56,12 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
                    help="training preprocessing: faces = resize to 266/256 of the size then random crop "
                         "(official CelebA-HQ); scenes = random crop (official Places2)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--existing-out", action="store_true",
+                   help="train into an existing non-empty --out that is not a run (its files are never deleted)")
     p.add_argument("--init-from", metavar="RUN",
                    help="start from the newest weights (model and EMA) of another run of the same stage and "
                         "architecture, with a fresh optimiser at step 0 (fine-tuning, e.g. with another --lr)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
 
 
 def _positive_int(text: str) -> int:
@@ -91,6 +103,14 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what} (without it, nothing that exists is "
                                                             "replaced: the command stops before any work)")
+
+
+def _add_strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="auto", choices=["auto", "crop", "resize"],
+                   help="what the model sees: crop = a square window around each hole (about twice its size, at "
+                        "least the model's), resize = the whole image (mirrored to a square, never stretched), "
+                        "auto (default) = crop when the image is larger than the model and the windows are smaller "
+                        "than the image")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     evi.add_argument("--per-block", type=int, default=50,
                      help="masks drawn (seeded) from each block of a mask folder (default 50)")
     evi.add_argument("--size", type=int, default=256, help="evaluation size: images are resized to it (default 256)")
+    evi.add_argument("--upscale", type=int, default=1,
+                     help="then enlarge the images this many times (bicubic) and make the masks at that size: "
+                          "large photos with known detail (default 1)")
+    _add_strategy(evi)
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
     evi.add_argument("--context", help=_CONTEXT_HELP)
     evi.add_argument("--baselines", default="telea,ns,mean",
@@ -202,17 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(evi)
     _add_quiet(evi)
 
-    de = sub.add_parser("demo", help="inpaint a face that ships with scikit-image: no files needed",
-                        description="Fill a generated hole in the astronaut portrait of scikit-image (Eileen Collins, "
-                                    "public domain) n times with the default model (or --model) and write a grid: "
+    de = sub.add_parser("demo", help="inpaint a face that ships with pyinpaint: no files needed",
+                        description="Fill a generated hole in the astronaut portrait that ships with pyinpaint (Eileen "
+                                    "Collins, NASA, public domain; scikit-image's astronaut) n times with the default model (or --model) and write a grid: "
                                     "original, masked, the n completions.")
     de.add_argument("-o", "--out", default="pyinpaint-demo.png", help="output PNG (default pyinpaint-demo.png)")
-    de.add_argument("-n", type=int, default=6, help="number of completions (default 6)")
+    de.add_argument("-n", type=_positive_int, default=6, help="number of completions (default 6)")
     de.add_argument("--mask", default="center",
                     help="center (default), box, stroke, random, or a mask file for the 256x256 face")
-    de.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
-    de.add_argument("--seed", type=int, default=0, help="seed of the samples and of a generated mask (default 0)")
-    de.add_argument("--device", default="auto")
+    _add_model(de)
+    de.add_argument("--seed", type=_seed, default=0, help="seed of the samples and of a generated mask (default 0)")
+    _add_strategy(de)
+    _add_overwrite(de, "an existing output PNG")
+    _add_device(de)
+    _add_quiet(de)
 
     sa = sub.add_parser("sample", help="inpaint images: n diverse completions of each hole",
                         description="Fill the hole of each image n times with a trained model and write the results "
@@ -248,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "partial results of the others are replaced")
     sa.add_argument("--max-pixels", type=_positive_int,
                     help="largest image accepted, in pixels (default 100000000, or PYINPAINT_MAX_PIXELS)")
+    _add_strategy(sa)
     _add_device(sa)
     _add_quiet(sa)
 
@@ -327,95 +355,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _train_args(a: argparse.Namespace) -> dict:
+    return dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+                ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
+                init_from=a.init_from, val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers,
+                accumulate=a.accumulate, precision=a.precision, tensorboard=a.tensorboard,
+                existing_out=a.existing_out, val_data=a.val_data, recipe=a.recipe, resume=a.resume,
+                progress=not a.quiet)
+
+
+def _print_final(last: dict) -> int:
+    import os
+
+    if last and int(os.environ.get("RANK", "0")) == 0:
+        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
+    return 0
+
+
 def _train_vqvae(a: argparse.Namespace) -> int:
-    from pyinpaint.config import vqvae_preset
-    from pyinpaint.data import ImageFolder
-    from pyinpaint.train.loop import resolve_device, train
-    from pyinpaint.train.vqvae import VQVAETask
+    from pyinpaint.train.stages import train_vqvae
 
-    overrides = {"image_size": a.image_size} if a.image_size else {}
-    cfg = vqvae_preset(a.config, **overrides)
-    args = _train_args(a)
-    device = resolve_device(a.device)
-    train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
-    import torch
-    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
-    task = VQVAETask(cfg, lr=a.lr, device=device)
-    print(f"training vqvae ({a.config}, {cfg.image_size}px, "
-          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
-          f"device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, args, resume=a.resume, device=device, progress=not a.quiet)
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
-    return 0
-
-
-def _train_args(a: argparse.Namespace):
-    from pyinpaint.train.loop import TrainArgs
-
-    return TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
-                     ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
-                     init_from=a.init_from,
-                     val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
-
-
-def _train_on_vqvae(a: argparse.Namespace, make_task) -> int:
-    """Stages 2 and 3: train ``make_task(vqvae, masks, val_masks, device)`` on the codes of a VQ-VAE run,
-    keeping a copy of that VQ-VAE in the new run."""
-    import torch
-
-    from pyinpaint.data import ImageFolder, make_mask_source
-    from pyinpaint.runs import copy_vqvae_into, load_vqvae
-    from pyinpaint.train.loop import resolve_device, train
-
-    device = resolve_device(a.device)
-    vq = load_vqvae(Path(a.out) / "vqvae" if a.resume else Path(a.vqvae), device)
-    size = vq.cfg.image_size
-    train_set = ImageFolder(a.data, size=size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=size, recipe="resize") if a.val_data else None
-    masks = make_mask_source(a.masks, size, seed=a.seed)
-    val_masks = make_mask_source(a.val_masks, size, seed=12345)
-    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
-    task = make_task(vq, masks, val_masks, device)
-    if not a.resume:
-        if Path(a.out, "config.json").exists():
-            raise FileExistsError(f"{a.out} already holds a run: pass --resume to continue it, or choose another --out")
-        copy_vqvae_into(a.out, a.vqvae)
-    print(f"training {task.stage} ({a.config}, {size}px, "
-          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
-          f"masks {a.masks}, device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, _train_args(a), resume=a.resume, device=device, progress=not a.quiet)
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
-    return 0
+    return _print_final(train_vqvae(a.data, a.out, config=a.config, image_size=a.image_size, **_train_args(a)))
 
 
 def _train_structure(a: argparse.Namespace) -> int:
-    from pyinpaint.config import structure_preset
-    from pyinpaint.train.structure import StructureTask
+    from pyinpaint.train.stages import train_structure
 
-    def make_task(vq, masks, val_masks, device):
-        overrides = dict(image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim,
-                         num_embeddings=vq.cfg.num_embeddings)
-        if a.dropout is not None:
-            overrides["dropout"] = a.dropout
-        return StructureTask(structure_preset(a.config, **overrides), vq, masks, val_masks, lr=a.lr,
-                             warmup=a.warmup, device=device, vqvae_run=str(Path(a.vqvae).resolve()))
-
-    return _train_on_vqvae(a, make_task)
+    return _print_final(train_structure(a.data, a.out, a.vqvae, config=a.config, masks=a.masks,
+                                        val_masks=a.val_masks, warmup=a.warmup, dropout=a.dropout,
+                                        **_train_args(a)))
 
 
 def _train_texture(a: argparse.Namespace) -> int:
-    from pyinpaint.config import texture_preset
-    from pyinpaint.train.texture import TextureTask
+    from pyinpaint.train.stages import train_texture
 
-    def make_task(vq, masks, val_masks, device):
-        cfg = texture_preset(a.config, image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim)
-        return TextureTask(cfg, vq, masks, val_masks, lr=a.lr, feature_weight=a.feature_weight, device=device,
-                           vqvae_run=str(Path(a.vqvae).resolve()))
-
-    return _train_on_vqvae(a, make_task)
+    return _print_final(train_texture(a.data, a.out, a.vqvae, config=a.config, masks=a.masks,
+                                      val_masks=a.val_masks, feature_weight=a.feature_weight, **_train_args(a)))
 
 
 def _eval_structure(a: argparse.Namespace) -> int:
@@ -495,8 +470,8 @@ def _sample_files(a: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
             res = inp.inpaint(p.image, p.mask, a.n, seed=seed, temperature=a.temperature, top_k=a.top_k,
-                              sampler=a.sampler, rank=a.rank, invert=a.invert_mask, progress=progress,
-                              **_context(a))
+                              sampler=a.sampler, rank=a.rank, invert=a.invert_mask, strategy=a.strategy,
+                              progress=progress, **_context(a))
         files = plan.files[p.name]
         for old in plan.remove.get(p.name, []):
             old.unlink(missing_ok=True)
@@ -540,7 +515,7 @@ def _masks(a: argparse.Namespace) -> int:
     from PIL import Image
 
     from pyinpaint import io
-    from pyinpaint.data import make_mask_source
+    from pyinpaint.masks import make_mask_source
 
     if a.like:
         width, height = Image.fromarray(io.read_image(a.like)[:, :, 0]).size
@@ -629,49 +604,48 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
 
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
-                       seed=a.seed, baselines=baselines, out=a.out, device=resolve_device(a.device),
-                       progress=not a.quiet, **_context(a))
-    print(f"model {res['model']}: {res['cases']} cases, n={a.n}")
+                       seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
+                       device=resolve_device(a.device), progress=not a.quiet, **_context(a))
+    print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:
         print(f"wrote results.csv, summary.csv and best_worst.png to {a.out}")
     return 0
 
 
-DEMO_CROP = (25, 120, 210)  # top, left, side of the face in skimage.data.astronaut() (512 x 512)
+DEMO_IMAGE = Path(__file__).parent / "assets" / "astronaut-face.png"  # public domain, see assets/README.md
 
 
 def demo_image():
-    """The face of scikit-image's astronaut (public domain), 256 x 256 uint8."""
+    """The demo photo that ships with pyinpaint: the face of scikit-image's astronaut (Eileen Collins, NASA, public
+    domain), 256 x 256 RGB."""
     from PIL import Image
 
     try:
-        from skimage import data
-    except ImportError as e:
-        raise RuntimeError("the demo image comes with scikit-image: pip install scikit-image") from e
-    top, left, side = DEMO_CROP
-    face = Image.fromarray(data.astronaut()[top:top + side, left:left + side])
-    return face.resize((256, 256), Image.Resampling.BICUBIC)
+        with Image.open(DEMO_IMAGE) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the demo photo is missing from this installation ({DEMO_IMAGE}): reinstall "
+                                "pyinpaint") from None
 
 
 def _demo(a: argparse.Namespace) -> int:
     from pyinpaint import io
-    from pyinpaint.data import MASK_SPECS, load_mask, make_mask_source
-    from pyinpaint.inpainter import Inpainter, default_model
-    from pyinpaint.inpainter import resolve_device
+    from pyinpaint.masks import MASK_SPECS, load_mask, make_mask_source
+    from pyinpaint.inpainter import Inpainter, resolve_device
 
-    if a.n < 1:
-        raise ValueError(f"-n must be at least 1 (got {a.n})")
+    if Path(a.out).exists() and not a.overwrite:
+        raise FileExistsError(f"{a.out} exists: pass --overwrite to replace it, or -o another file")
     image = demo_image()
     if a.mask in MASK_SPECS:
         hole = make_mask_source(a.mask, 256, seed=a.seed).sample(0)[0].numpy() > 0
     else:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
-    inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
-    res = inp.inpaint(image, hole, a.n, seed=a.seed)
+    inp = Inpainter.load(a.model, device=resolve_device(a.device))
+    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy)
     seconds = time.perf_counter() - t0
-    io.save_image(a.out, _sample_grid(res))
+    io.save_image(a.out, _sample_grid(res), overwrite=a.overwrite)
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "
           f"{seconds:.1f} s including loading, seed {res.seed})")
     return 0

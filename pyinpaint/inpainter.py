@@ -1,11 +1,13 @@
 """Inference: the path of one call, ``sample(image, mask, n)``.
 
-read and check image and mask (any size) -> bring both to the model's resolution S (image: bilinear with half-pixel
-centres and no antialiasing, as the official ``test.py``'s cv2 resize; mask: a model pixel is a hole when any input
-pixel it covers is one, so thin holes survive) -> masked = x * (1 - m) -> condition network once -> the sampler
-draws n structure maps as one batch -> codebook vectors -> texture generator on the n maps as one batch ->
-completion at model size -> bilinear back to the input's size, composited with the input's own mask so that every
-known pixel is the input's, bit for bit -> n images at the input's size. Each step appears once.
+read and check image and mask (any size) -> plan the windows the model sees (:mod:`pyinpaint.crop`: the whole
+image, or a square context window around each hole region) and bring each to the model's resolution S (mirrored to
+a square, never stretched; image: bilinear with half-pixel centres and no antialiasing, as the official
+``test.py``'s cv2 resize; mask: a model pixel is a hole when any input pixel it covers is one, so thin holes
+survive) -> masked = x * (1 - m) -> condition network once per window -> the sampler draws n structure maps per
+window, all windows as one batch -> codebook vectors -> texture generator on them as one batch -> completions at
+model size -> bilinear back to each window's size, composited with the input's own mask so that every known pixel
+is the input's, bit for bit -> n images at the input's size. Each step appears once.
 
 :class:`Inpainter` holds a loaded model (:mod:`pyinpaint.modelfile`); :func:`sample` loads and caches one per
 (model directory, device). Models shipped in the package are known by name (:data:`SHIPPED`, ``pyinpaint models``).
@@ -29,7 +31,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pyinpaint.io import ImageLike, InpaintWarning, MaskLike, read_image, read_mask, read_pair  # noqa: F401
+from pyinpaint.io import resolve_device  # noqa: F401  (the package's one device rule)
 from pyinpaint.io import warn as _warn
+from pyinpaint import crop
+from pyinpaint.crop import STRATEGIES, Window
 from pyinpaint.modelfile import Model, load_model
 from pyinpaint.models.texture import complete
 
@@ -48,32 +53,17 @@ SAMPLERS = ("cached", "naive", "graph")
 CONTEXTS = ("known", "sampled")
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """The package's one device rule. None or "auto": CUDA when available, else the CPU. An explicit device must
-    exist (ValueError naming it and what to use instead)."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} asked for, but torch sees no CUDA device: use cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
 # ---------------------------------------------------------------------------------------------- pipeline
 @dataclass
 class Prepared:
-    """One image and mask, read, checked and brought to the model's resolution."""
+    """One image and mask, read and checked, and the windows the model sees brought to its resolution."""
 
     image: np.ndarray  # H x W x 3 uint8, the input as given (RGB)
     hole: np.ndarray  # H x W bool, True = fill
-    x: torch.Tensor  # [1, 3, S, S] in [-1, 1]
-    m: torch.Tensor  # [1, 1, S, S] in {0, 1}
+    x: torch.Tensor  # [k, 3, S, S] in [-1, 1], one per window
+    m: torch.Tensor  # [k, 1, S, S] in {0, 1}
+    windows: list[Window]  # k windows of the input (the whole image under "resize"), none overlapping
+    strategy: str = "resize"  # the strategy used: "crop" or "resize"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -92,9 +82,11 @@ class Result:
     images: list[Image.Image]  # at the input's size
     seed: int
     order: list[int]  # index of each output among the n samples drawn (sampling order)
-    codes: torch.Tensor | None = None  # [n, S/8, S/8] sampled top codes
-    completed: torch.Tensor | None = None  # [n, 3, S, S] completions at model size, in [-1, 1]
-    scores: torch.Tensor | None = None  # [n] mean discriminator score (rank=True)
+    # with k windows (k = len(prepared.windows), 1 under "resize"), rows are window-major: row w * n + i is
+    # window w of output i
+    codes: torch.Tensor | None = None  # [k n, S/8, S/8] sampled top codes
+    completed: torch.Tensor | None = None  # [k n, 3, S, S] completions at model size, in [-1, 1]
+    scores: torch.Tensor | None = None  # [n] discriminator score, mean over the windows (rank=True)
     prepared: Prepared | None = None
 
 
@@ -124,23 +116,27 @@ class Inpainter:
                 f"discriminator {'yes' if self.model.discriminator is not None else 'no'})")
 
     # ------------------------------------------------------------------ the steps of one call
-    def prepare(self, image: ImageLike, mask: MaskLike, invert: bool = False) -> Prepared:
-        """Read and check image and mask, and bring them to the model's resolution S.
+    def prepare(self, image: ImageLike, mask: MaskLike, strategy: str = "auto", invert: bool = False) -> Prepared:
+        """Read and check image and mask, plan the windows the model sees and bring them to its resolution S.
 
-        Image: bilinear with half-pixel centres, no antialiasing (official ``test.py``'s cv2.INTER_LINEAR).
-        Mask: a model pixel is a hole when any input pixel it covers is a hole (adaptive max pooling), so
-        holes never vanish, however thin."""
-        from pyinpaint.data import preprocess
-
+        ``strategy``: "resize" (the whole image), "crop" (a square context window around each hole region) or
+        "auto" (crop when the image is larger than the model and the windows are smaller than the image); see
+        :mod:`pyinpaint.crop`. Each window is mirrored to a square (never stretched), then the image is resized
+        bilinearly with half-pixel centres and no antialiasing (official ``test.py``'s cv2.INTER_LINEAR), the mask
+        by adaptive max pooling: a model pixel is a hole when any input pixel it covers is a hole, so holes never
+        vanish, however thin."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
         img, hole = read_pair(image, mask, invert)
         s = self.image_size
-        x = preprocess(img, s, "resize")[None].to(self.device)
-        m = torch.from_numpy(hole).to(self.device, torch.float32)[None, None]
-        m = F.adaptive_max_pool2d(m, (s, s)) if m.shape[-2:] != (s, s) else m
-        if hole.any() and bool(m.min() > 0):
-            _warn(f"at the model's resolution ({s}x{s}) the hole covers every pixel: the structure is sampled "
-                  "without context (known pixels are still kept at full resolution)")
-        return Prepared(img, hole, x, m)
+        used, windows = crop.plan(hole, s, strategy)
+        cuts = [crop.cut(img, hole, w, s) for w in windows]
+        x = torch.stack([c[0] for c in cuts]).to(self.device)
+        m = torch.stack([c[1] for c in cuts]).to(self.device)
+        if hole.any() and bool((m.flatten(1).min(1).values > 0).any()):
+            _warn(f"at the model's resolution ({s}x{s}) the hole covers every pixel of a window: its structure is "
+                  "sampled without context (known pixels are still kept at full resolution)")
+        return Prepared(img, hole, x, m, windows, used)
 
     def check_options(self, n: int, *, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                       sampler: str = "cached", rank: bool = False, context: str = CONTEXTS[0]) -> int:
@@ -179,74 +175,73 @@ class Inpainter:
         return int(seed)
 
     @torch.inference_mode()
-    def known_codes(self, prepared: Prepared):
-        """The top codes the known pixels determine: :class:`pyinpaint.sampler.Context` with ``known`` [s, s] True
-        where the VQ encoder's receptive field at that position holds no hole pixel (computed exactly from the
-        model-size mask, :meth:`VQEncoder.top_reach`) and ``codes`` [s, s] the encoder's codes of the masked image
-        (there, the codes of the whole image)."""
+    def known_codes(self, prepared: Prepared, n: int = 1):
+        """The top codes the known pixels determine, per window: :class:`pyinpaint.sampler.Context` with ``known``
+        [k n, s, s] True where the VQ encoder's receptive field at that position holds no hole pixel (computed exactly
+        from the model-size mask, :meth:`VQEncoder.top_reach`) and ``codes`` [k n, s, s] the encoder's codes of the
+        masked window (there, the codes of the whole window); each window's repeated n times, window-major."""
         from pyinpaint.sampler import Context
 
         enc = self.model.vqvae.encoder
-        codes = enc(prepared.masked, update_codebooks=False).idx_t[0]
-        return Context(codes, ~enc.top_reach(prepared.m)[0])
+        codes = enc(prepared.masked, update_codebooks=False).idx_t
+        return Context(_per_sample(codes, len(codes) * n), _per_sample(~enc.top_reach(prepared.m), len(codes) * n))
 
     @torch.inference_mode()
     def sample_structures(self, prepared: Prepared, n: int, *, seed: int, temperature: float = 1.0,
                           top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None,
                           context: str = CONTEXTS[0]):
-        """n structure maps for one image as one batch: the condition network once, then the sampler.
-        ``context``: "known" (the default) takes the encoder's codes where the known pixels determine them
-        (:meth:`known_codes`) and draws only the rest, stopping after the last drawn position; "sampled" draws every
-        position (the paper's rule). Returns :class:`pyinpaint.sampler.Sampled` (codes [n, s, s], embeddings [n, D, s, s])."""
+        """n structure maps for each of the k windows, all as one batch: the condition network once per window,
+        then the sampler. ``context``: "known" (the default) takes the encoder's codes where the known pixels
+        determine them (:meth:`known_codes`, per window) and draws only the rest, stopping after the last drawn
+        position; "sampled" draws every position (the paper's rule). Returns :class:`pyinpaint.sampler.Sampled`
+        (codes [k n, s, s], embeddings [k n, D, s, s], window-major)."""
         from pyinpaint import sampler as sampling
 
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
         st = self.model.structure
         h = st.condition(prepared.masked, prepared.m)
-        h = h.expand(n, -1, -1, -1)
+        h = _per_sample(h, h.shape[0] * n)
         total = h.shape[-1] * h.shape[-2]
         report = None if progress is None else (lambda p: progress(p + 1, total))
         run = {"cached": sampling.sample_cached, "naive": sampling.sample_naive,
                "graph": functools.partial(sampling.sample_cached, cuda_graph=True)}.get(sampler)
         if run is not None:
             return run(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature, top_k=top_k,
-                       progress=report, context=self.known_codes(prepared) if context == "known" else None)
+                       progress=report, context=self.known_codes(prepared, n) if context == "known" else None)
         raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
 
     @torch.inference_mode()
     def complete(self, prepared: Prepared, structures: torch.Tensor) -> torch.Tensor:
-        """The texture generator on n structure maps [n, D, s, s] as one batch -> completions [n, 3, S, S]
-        (generated pixels in the model-size hole, the resized input elsewhere), in [-1, 1]."""
-        n = structures.shape[0]
-        masked = prepared.masked.expand(n, -1, -1, -1)
-        m = prepared.m.expand(n, -1, -1, -1)
+        """The texture generator on the structure maps [k n, D, s, s] of the k windows as one batch -> completions
+        [k n, 3, S, S] (generated pixels in the model-size hole, the window's input elsewhere), in [-1, 1]."""
+        masked, m = _per_sample(prepared.masked, structures.shape[0]), _per_sample(prepared.m, structures.shape[0])
         raw = self.model.generator(masked, m, structures)
         return complete(raw, masked, m)
 
     @torch.inference_mode()
     def score(self, prepared: Prepared, completed: torch.Tensor) -> torch.Tensor:
-        """Mean discriminator score [n] of completions at model size (higher = judged more real)."""
+        """Discriminator score [n] of the completions [k n, 3, S, S] of the k windows at model size: per window the
+        mean over the discriminator's map, then the mean over the windows (higher = judged more real)."""
         if self.model.discriminator is None:
             raise ValueError("this model file has no discriminator: it cannot score samples")
-        return self.model.discriminator(completed, prepared.m).float().mean(dim=1)
+        k = prepared.m.shape[0]
+        per_window = self.model.discriminator(completed, _per_sample(prepared.m, completed.shape[0])).float()
+        return per_window.flatten(1).mean(dim=1).view(k, -1).mean(dim=0)
 
     @torch.inference_mode()
     def to_input_size(self, prepared: Prepared, completed: torch.Tensor) -> list[Image.Image]:
-        """Completions at model size -> images at the input's size: bilinear resize (antialiased when shrinking),
-        then the input's own full-resolution mask decides: known pixels are the input's, bit for bit."""
-        h, w = prepared.size
-        s = completed.shape[-1]
-        hole = torch.from_numpy(prepared.hole)[:, :, None]
-        known = torch.from_numpy(prepared.image)
+        """Completions at model size [k n, 3, S, S] (window-major) -> n images at the input's size: each window's
+        completion resized bilinearly to the window's size (antialiased when shrinking, mirror padding dropped),
+        written where the input's own full-resolution mask is a hole: known pixels are the input's, bit for bit."""
+        k = len(prepared.windows)
+        n = completed.shape[0] // k
         out = []
-        for c in completed:  # one at a time: full-size float images of large inputs are big
-            up = c[None]
-            if (h, w) != tuple(c.shape[-2:]):
-                up = F.interpolate(up, size=(h, w), mode="bilinear", align_corners=False,
-                                   antialias=h < s or w < s)
-            fill = up[0].clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
-            out.append(Image.fromarray(torch.where(hole, fill, known).numpy(), "RGB"))
+        for i in range(n):  # one at a time: full-size float images of large inputs are big
+            canvas = prepared.image.copy()
+            for w, window in enumerate(prepared.windows):
+                crop.paste(canvas, prepared.hole, window, completed[w * n + i])
+            out.append(Image.fromarray(canvas, "RGB"))
         return out
 
     def decode_structures(self, codes: torch.Tensor) -> torch.Tensor:
@@ -262,11 +257,13 @@ class Inpainter:
     # ------------------------------------------------------------------ the whole call
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-                invert: bool = False, progress: Progress | None = None, context: str = CONTEXTS[0]) -> Result:
-        """:meth:`sample` with everything kept: the seed used, sampled codes, model-size completions, scores."""
+                invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
+                context: str = CONTEXTS[0]) -> Result:
+        """:meth:`sample` with everything kept: the seed used, the windows, sampled codes, model-size completions,
+        scores."""
         seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
                                   context=context)
-        prepared = self.prepare(image, mask, invert)
+        prepared = self.prepare(image, mask, strategy, invert)
         n = int(n)
         if not prepared.hole.any():
             _warn("the mask is empty (no pixel to fill): returning copies of the input")
@@ -280,7 +277,8 @@ class Inpainter:
             scores = self.score(prepared, completed)
             order = torch.sort(scores, descending=True, stable=True).indices
             scores = scores[order]
-            codes, completed = codes[order.to(codes.device)], completed[order.to(completed.device)]
+            rows = (torch.arange(len(prepared.windows), device=order.device)[:, None] * n + order[None]).flatten()
+            codes, completed = codes[rows.to(codes.device)], completed[rows.to(completed.device)]
         images = self.to_input_size(prepared, completed)
         for i, (im, j) in enumerate(zip(images, order.tolist())):
             im.info.update({"seed": seed, "sample": j})
@@ -291,7 +289,7 @@ class Inpainter:
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-               invert: bool = False, progress: Progress | None = None,
+               invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
                context: str = CONTEXTS[0]) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
@@ -301,12 +299,21 @@ class Inpainter:
         EXIF orientation. Pixels outside the hole are returned exactly as given. ``seed`` fixes the samples
         (None: a fresh one, stored in each image's ``info["seed"]``); ``temperature`` and ``top_k`` shape the
         code distribution; ``rank`` orders the samples by the discriminator's mean score, best first;
-        ``progress(done, total)`` is called after each sampled position; ``context`` is what the known region
-        gives the structure: "known" (default: the codes the known pixels determine are taken, the rest drawn; see
-        :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule).
+        ``progress(done, total)`` is called after each sampled position. ``strategy`` decides what the model sees:
+        "resize" (the whole image, mirrored to a square and brought to the model's size), "crop" (a square context
+        window around each hole region, about twice the hole's size and at least the model's, so a small hole in a
+        large photo is filled at close to the photo's own resolution) or "auto" (default: crop when the image is
+        larger than the model and the windows are smaller than the image, else resize). ``context`` is what the
+        known region gives the structure: "known" (default: the codes the known pixels determine are taken, the rest
+        drawn; see :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, invert=invert, progress=progress, context=context).images
+                            rank=rank, invert=invert, strategy=strategy, progress=progress, context=context).images
+
+
+def _per_sample(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-window tensors [k, ...] -> [rows, ...] with each window repeated rows / k times (window-major)."""
+    return t.expand(rows, *t.shape[1:]) if t.shape[0] == 1 else t.repeat_interleave(rows // t.shape[0], dim=0)
 
 
 # ---------------------------------------------------------------------------------------------- sample()
@@ -395,11 +402,12 @@ def clear_cache() -> None:
 def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None, temperature: float = 1.0,
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
-           invert: bool = False, progress: Progress | None = None, context: str = CONTEXTS[0]) -> list[Image.Image]:
+           invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
+           context: str = CONTEXTS[0]) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; see
     :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
     :class:`Inpainter`; default: the faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and
     cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
-                                               sampler=sampler, rank=rank, invert=invert, progress=progress,
-                                               context=context)
+                                               sampler=sampler, rank=rank, invert=invert,
+                                               strategy=strategy, progress=progress, context=context)

@@ -328,6 +328,26 @@ def read_image(image: ImageLike) -> np.ndarray:
                      "array or a 3 x H x W float tensor in [0, 1]")
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The package's one device rule. None or "auto": CUDA when available, else the CPU; under torchrun (LOCAL_RANK
+    set), "auto" and "cuda" mean this process's GPU, ``cuda:LOCAL_RANK``. An explicit device must exist (ValueError
+    naming it and what to use instead)."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} asked for, but torch sees no CUDA device: use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 # ---------------------------------------------------------------------------------------------- reading masks
 def mask_values(im: Image.Image, what: str) -> np.ndarray:
     """The values of a mask image, H x W: single-channel modes as they are (``LA``: its ``L`` band), RGB / RGBA /

@@ -169,9 +169,11 @@ def test_thin_holes_survive_the_downscale(inp, image):
     prepared = inp.prepare(image, hole)
     m = prepared.m[0, 0]
     s = inp.image_size
-    row, col = int(37 * s / H), int(101 * s / W)
+    assert prepared.strategy == "resize"  # the lines span the image: the window is the whole image
+    top = (W - H) // 2  # mirrored to a W x W square, never stretched
+    row, col = int((37 + top) * s / W), int(101 * s / W)
     assert m[row, int(10 * s / W) + 1:int(140 * s / W) - 1].min() == 1  # the line is a hole at model size
-    assert m[int(10 * s / H) + 1:int(90 * s / H) - 1, col].min() == 1
+    assert m[int((10 + top) * s / W) + 1:int((90 + top) * s / W) - 1, col].min() == 1
     assert m.sum() < 2 * (s + s)  # and stays thin (a line of one or two model pixels)
     out = np.asarray(inp.sample(image, hole, n=1, seed=0)[0])
     changed = (out != image).any(axis=2)

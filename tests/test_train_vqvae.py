@@ -67,9 +67,9 @@ def test_resume_is_exact(image_dir, tmp_path):
 def test_signal_stops_at_a_step_boundary_and_resume_is_exact(image_dir, tmp_path, monkeypatch):
     original = VQVAETask.train_step
 
-    def step_then_interrupt(self, batch, step):
-        out = original(self, batch, step)
-        if step == 2:
+    def step_then_interrupt(self, ctx):
+        out = original(self, ctx)
+        if ctx.step_index == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-run, like Ctrl-C
         return out
 

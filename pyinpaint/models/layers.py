@@ -158,7 +158,11 @@ class WNConv2d(nn.Module):
     def forward(self, x: torch.Tensor, concat_elu: bool = False) -> torch.Tensor:
         w = self.weight()
         if self.padding != "same":
-            return causal_conv2d(x, w, self.b, kind=self.padding, concat_elu=concat_elu)
+            b = self.b
+            if torch.is_autocast_enabled(x.device.type):  # the op takes one dtype: autocast's (norms stay fp32)
+                dt = torch.get_autocast_dtype(x.device.type)
+                x, w, b = x.to(dt), w.to(dt), b.to(dt)
+            return causal_conv2d(x, w, b, kind=self.padding, concat_elu=concat_elu)
         if concat_elu:
             x = _concat_elu(x)
         (kh, kw), s, d = self.kernel, self.stride, self.dilation
@@ -528,7 +532,8 @@ class SNConv2d(nn.Module):
     def normalized_weight(self, update_u: bool | None = None) -> torch.Tensor:
         """W / sigma after one power iteration; stores u_hat in ``u`` if ``update_u`` (default: training)."""
         # a copy: the in-place update below must not touch a tensor autograd saved for the backward pass
-        sigma, u_hat = self.power_iteration(self.u.clone())
+        with torch.autocast(self.weight.device.type, enabled=False):  # the statistics stay float32
+            sigma, u_hat = self.power_iteration(self.u.clone())
         if self.training if update_u is None else update_u:
             with torch.no_grad():
                 self.u.copy_(u_hat)

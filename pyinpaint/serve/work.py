@@ -7,7 +7,6 @@ server's list): no request names a file of the server's disk.
 """
 from __future__ import annotations
 
-import inspect
 import io
 import itertools
 import math
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pyinpaint.crop import STRATEGIES
 from pyinpaint.inpainter import SHIPPED, WEIGHTS, Inpainter
 from pyinpaint.io import read_image, read_mask
 
@@ -43,14 +43,9 @@ def shipped_models() -> dict[str, str | Path]:
     return {name: WEIGHTS / folder for name, folder in SHIPPED.items()}
 
 
-# The fill strategies the page offers: those Inpainter.inpaint takes as ``strategy=``, else only what it does
-# without that argument (the whole photo brought to the model's size: "resize").
-STRATEGIES = ("auto", "crop", "resize")
-_TAKES_STRATEGY = "strategy" in inspect.signature(Inpainter.inpaint).parameters
-
-
 def strategies() -> tuple[str, ...]:
-    return STRATEGIES if _TAKES_STRATEGY else ("resize",)
+    """The fill strategies the page offers (``Inpainter.inpaint``'s ``strategy=``; the first is the default)."""
+    return STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -160,9 +155,7 @@ def inpaint_options(fields: Mapping[str, str], models: "Models", limits: Limits)
     kwargs: dict[str, Any] = {"n": _int(fields, "n", 1, limits.max_n, 10),
                               "seed": _int(fields, "seed", 0, 2 ** 63 - 1, None),
                               "temperature": temperature,
-                              "top_k": _int(fields, "top_k", 1, None, None)}
-    if _TAKES_STRATEGY:
-        kwargs["strategy"] = strategy
+                              "top_k": _int(fields, "top_k", 1, None, None), "strategy": strategy}
     return model, kwargs
 
 
