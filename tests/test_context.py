@@ -191,7 +191,8 @@ def test_inpainter_known_context(inpainter, photo):
     assert CONTEXTS[0] in ("sampled", "known") and set(CONTEXTS) == {"sampled", "known"}
     prepared = inpainter.prepare(image, hole)
     ctx = inpainter.known_codes(prepared)
-    assert ctx.known.shape == (16, 16) and 0 < int(ctx.known.sum()) < 256
+    assert ctx.known.shape == (1, 16, 16) and 0 < int(ctx.known.sum()) < 256
+    ctx.known, ctx.codes = ctx.known[0], ctx.codes[0]
     with torch.no_grad():  # the known codes are the whole image's: the hole cannot reach them
         full = inpainter.model.vqvae.encoder(prepared.x, update_codebooks=False).idx_t[0]
     assert torch.equal(ctx.codes[ctx.known], full[ctx.known])
@@ -206,6 +207,26 @@ def test_inpainter_known_context(inpainter, photo):
     # noise, and nothing known before them differs (the first position is drawn in both when it is unknown)
     with pytest.raises(ValueError, match="unknown context 'bogus'"):
         inpainter.sample(image, hole, n=1, context="bogus")
+
+
+def test_known_context_per_window(inpainter):
+    """Crop strategy, two holes far apart: two windows, each with its own known codes, in one sampler batch (positions
+    known in one window and not the other are drawn, then overridden there); naive and cached still agree."""
+    from skimage import data as skdata
+
+    image = np.ascontiguousarray(skdata.astronaut()[:400, :400])
+    hole = np.zeros(image.shape[:2], bool)
+    hole[20:40, 20:50] = True
+    hole[330:360, 300:340] = True
+    prepared = inpainter.prepare(image, hole, "crop")
+    assert len(prepared.windows) == 2
+    ctx = inpainter.known_codes(prepared, n=2)
+    assert ctx.known.shape == (4, 16, 16) and not torch.equal(ctx.known[0], ctx.known[2])
+    assert torch.equal(ctx.known[0], ctx.known[1]) and torch.equal(ctx.codes[2], ctx.codes[3])
+    cached = inpainter.inpaint(image, hole, n=2, seed=1, strategy="crop")
+    naive = inpainter.inpaint(image, hole, n=2, seed=1, strategy="crop", sampler="naive")
+    assert torch.equal(cached.codes, naive.codes)
+    assert torch.equal(cached.codes[ctx.known], ctx.codes[ctx.known])
 
 
 def test_cli_and_eval_take_context(inpainter, photo, tmp_path, capsys):
