@@ -10,7 +10,7 @@ pass; its draw, code write and embedding gather are one fused op (``pyinpaint.ke
 C++/CUDA extension when it is built, else the same rule in PyTorch, with identical codes).
 
 Both samplers take an optional :class:`Context`: positions whose code is already known (the VQ encoder's code of
-the masked image where the hole cannot reach it, see ``Inpainter.context``) take that code instead of a draw.
+the masked image where the hole cannot reach it, see ``Inpainter.known_codes``) take that code instead of a draw.
 Positions known in every row are not drawn at all, and nothing after the last drawn position runs (nothing later
 reads it). Without a context every position is drawn (the paper's rule). Drawn positions use the same noise
 either way, so the naive and the cached sampler still draw the same codes for a seed in every mode.

@@ -108,6 +108,8 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
 #   forward(x)                              the whole map (training, the naive sampler)
 #   init_state(batch, height, width, ...)   static state for a height x width map, every buffer allocated here
 #   step(state, x_t, pos, ...)              the output at raster position pos = y * width + x
+#   prefill(state, x_run, pos, ...)         position-at-a-time layers only: x_run [B, R, C] at pos .. pos+R-1 (one
+#                                           row; the PixelCNN's may span rows), as R steps in one batched call
 #
 # ``pos`` is always a raster index. Layers whose output row depends on whole input rows only ("down" convolutions
 # and blocks: the u stream) step a row at a time, at the row's first position (pos = y * width, x_t and the output [B, W, C]); the
