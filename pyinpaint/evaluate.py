@@ -280,21 +280,24 @@ def _load_eval_image(path: Path, size: int, upscale: int = 1):
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  strategy: str = "auto", upscale: int = 1, out: str | Path | None = None, overwrite: bool = False,
-                 device: str | torch.device = "cpu", progress: bool = True) -> dict:
+                 device: str | torch.device = "cpu", progress: bool = True, context: str | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
     with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
-    :mod:`pyinpaint.crop`). Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with
-    ``out`` writes results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before
-    any work)."""
+    :mod:`pyinpaint.crop`) and ``context`` (as in :meth:`Inpainter.sample`: "known" or "sampled"; None: its default).
+    Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with ``out`` writes
+    results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before any work)."""
     from pyinpaint.crop import STRATEGIES
     import time
 
     from tqdm.auto import tqdm
 
     from pyinpaint.data import list_images
-    from pyinpaint.inpainter import get_inpainter
+    from pyinpaint.inpainter import CONTEXTS, get_inpainter
 
+    context = CONTEXTS[0] if context is None else context
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
     if n < 1:
         raise ValueError(f"n must be at least 1 (got {n})")
     if out is not None and not overwrite:
@@ -329,7 +332,8 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                 "hole_pct": round(100.0 * float(case.hole.mean()), 2),
                 "sharpness_truth": sharpness(truth, case.hole)}
         t0 = time.perf_counter()
-        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, strategy=strategy)]
+        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, strategy=strategy,
+                                                     context=context)]
         seconds = time.perf_counter() - t0
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
         rows.append({**base, "method": "pyinpaint", **summarize(scores),
