@@ -184,7 +184,10 @@ def test_demo_cli(tiny_model_dir, tmp_path, capsys):
     grid = Image.open(out)
     assert grid.size == (5 * 256 + 4 * 2, 256)  # original, masked, 3 completions of the 256 px face
     assert "3 completions" in capsys.readouterr().out
-    assert main(["demo", "--model", str(tiny_model_dir), "-o", str(out), "-n", "0"]) == 1
+    with pytest.raises(SystemExit) as e:  # a usage error: argparse's exit code 2
+        main(["demo", "--model", str(tiny_model_dir), "-o", str(out), "-n", "0", "--overwrite"])
+    assert e.value.code == 2
+    assert main(["demo", "--model", str(tiny_model_dir), "-o", str(out)]) == 1  # exists: refused without --overwrite
 
 
 def test_best_worst_picture_shows_the_extreme_cases(tiny_model_dir, eval_images, nvidia_masks, tmp_path):

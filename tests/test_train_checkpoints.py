@@ -108,11 +108,11 @@ def test_failed_start_creates_no_folder(images, tmp_path, capsys):
     _run(images, vq, steps=1)
     rc = main(["train", "structure", "--vqvae", str(vq), "--data", str(images), "--out", str(out), "--config",
                "tiny", "--steps", "1", "--batch-size", "64", "--device", "cpu", "--quiet"])
-    assert rc == 2 and "fewer than one batch" in capsys.readouterr().err
+    assert rc == 1 and "fewer than one batch" in capsys.readouterr().err
     assert not out.exists()  # the VQ-VAE copy is made only once the start is sure
     rc = main(["train", "structure", "--vqvae", str(vq), "--data", str(images), "--out", str(out), "--config",
                "tiny", "--steps", "1", "--batch-size", "4", "--accumulate", "3", "--device", "cpu", "--quiet"])
-    assert rc == 2 and "multiple of 3" in capsys.readouterr().err
+    assert rc == 1 and "multiple of 3" in capsys.readouterr().err
     assert not out.exists()
 
 
