@@ -39,6 +39,12 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="K",
+                   help="CPU threads (default: chosen per call from the work and the machine's load; "
+                        "see pyinpaint.threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyinpaint",
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     evv.add_argument("--workers", type=int, default=0)
     evv.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evv.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(evv)
 
     evs = esub.add_parser("structure", help="NLL (bits/dim) of a structure-generator run",
                           description="Negative log-likelihood of the true top codes in bits per dimension with the "
@@ -113,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     evs.add_argument("--workers", type=int, default=0)
     evs.add_argument("--json", action="store_true", help="print the metrics as JSON")
     evs.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(evs)
 
     evi = esub.add_parser("inpaint", help="inpainting quality of a model against classical baselines",
                           description="Fill each (image, mask) case n times and score the fills inside the hole "
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
     evi.add_argument("--device", default="auto")
     evi.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(evi)
 
     de = sub.add_parser("demo", help="inpaint a face that ships with scikit-image: no files needed",
                         description="Fill a generated hole in the astronaut portrait of scikit-image (Eileen Collins, "
@@ -152,13 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
     de.add_argument("--seed", type=int, default=0, help="seed of the samples and of a generated mask (default 0)")
     de.add_argument("--device", default="auto")
+    _add_threads(de)
 
     sa = sub.add_parser("sample", help="inpaint an image: n diverse completions of a hole",
                         description="Fill the hole MASK (nonzero = fill) of IMAGE n times with a trained model; writes "
                                     "the n results as PNGs at the input's size and a grid (input, masked input, results).")
     sa.add_argument("image", help="image file (any size; greyscale/RGBA are converted to RGB)")
     sa.add_argument("mask", help="mask file of the same size: nonzero / white = the hole to fill")
-    sa.add_argument("-n", type=int, default=10, help="number of completions (default 10), drawn as one batch")
+    sa.add_argument("-n", type=int, default=10, help="number of completions (default 10), drawn in batches that fit memory")
     sa.add_argument("-o", "--out", required=True, help="output folder (created)")
     sa.add_argument("--model", help="model directory (from 'pyinpaint export' or 'convert-official'; default: the "
                                     "faces model shipped with pyinpaint)")
@@ -173,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--invert-mask", action="store_true", help="the mask marks the hole with 0 instead")
     sa.add_argument("--device", default="auto")
     sa.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(sa)
 
     ex = sub.add_parser("export", help="assemble a model directory from three training runs",
                         description="Assemble a model (config.json + model.safetensors + model card) from the runs of "
@@ -304,7 +315,7 @@ def _eval_structure(a: argparse.Namespace) -> int:
     from pyinpaint.train.loop import resolve_device
 
     m = eval_structure(a.run, a.data, masks=a.masks, seed=a.seed, batch_size=a.batch_size, limit=a.limit,
-                       device=resolve_device(a.device), workers=a.workers, progress=not a.quiet)
+                       device=resolve_device(a.device), workers=a.workers, progress=not a.quiet, threads=a.threads)
     if a.json:
         print(json.dumps(m))
     else:
@@ -345,7 +356,7 @@ def _sample(a: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     res = inp.inpaint(a.image, mask, a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k,
-                      sampler=a.sampler, rank=a.rank, progress=progress)
+                      sampler=a.sampler, rank=a.rank, progress=progress, threads=a.threads)
     seconds = time.perf_counter() - t0
     bar.close()
     out = Path(a.out)
@@ -403,7 +414,7 @@ def _eval_vqvae(a: argparse.Namespace) -> int:
     from pyinpaint.train.loop import resolve_device
 
     m = eval_vqvae(a.run, a.data, batch_size=a.batch_size, limit=a.limit, recipe=a.recipe,
-                   device=resolve_device(a.device), workers=a.workers, progress=not a.quiet)
+                   device=resolve_device(a.device), workers=a.workers, progress=not a.quiet, threads=a.threads)
     if a.json:
         print(json.dumps(m))
     else:
@@ -422,7 +433,7 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, out=a.out, device=resolve_device(a.device),
-                       progress=not a.quiet)
+                       progress=not a.quiet, threads=a.threads)
     print(f"model {res['model']}: {res['cases']} cases, n={a.n}")
     print(format_summary(res["summary"], a.n))
     if a.out:
@@ -461,7 +472,7 @@ def _demo(a: argparse.Namespace) -> int:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
     inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
-    res = inp.inpaint(image, hole, a.n, seed=a.seed)
+    res = inp.inpaint(image, hole, a.n, seed=a.seed, threads=a.threads)
     seconds = time.perf_counter() - t0
     io.save_image(a.out, _sample_grid(res))
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "

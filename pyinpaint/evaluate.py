@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pyinpaint.data import ImageFolder
 from pyinpaint.runs import load_vqvae
+from pyinpaint.threads import check_threads, use_threads
 from pyinpaint.train.vqvae import evaluate_reconstruction
 
 
@@ -30,22 +31,24 @@ def _image_batches(data, size: int, recipe: str, limit: int | None, batch_size: 
 
 def eval_vqvae(run: str | Path, data: str | Path, *, batch_size: int = 16, limit: int | None = None,
                recipe: str = "resize", device: str | torch.device = "cpu", workers: int = 0,
-               progress: bool = True) -> dict[str, float]:
+               progress: bool = True, threads: int | None = None) -> dict[str, float]:
     """Reconstruction MSE ([-1, 1] scale, the paper's Table 3 measure) and codebook usage of a VQ-VAE run
-    on the images of ``data`` (official evaluation preprocessing: resize to the model size)."""
+    on the images of ``data`` (official evaluation preprocessing: resize to the model size). ``threads``: CPU
+    threads (None: chosen from the machine's load, see :mod:`pyinpaint.threads`)."""
     model = load_vqvae(run, device)
     n, batches = _image_batches(data, model.cfg.image_size, recipe, limit, batch_size, workers, device,
                                 "eval vqvae", progress)
-    with torch.no_grad():
-        metrics = evaluate_reconstruction(model, batches)
+    with torch.no_grad(), use_threads(threads, device=device) as th:
+        metrics = evaluate_reconstruction(model, th.ticking(batches))
     return {"images": n, **metrics}
 
 
 def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol", seed: int = 0,
                    batch_size: int = 16, limit: int | None = None, device: str | torch.device = "cpu",
-                   workers: int = 0, progress: bool = True) -> dict[str, float]:
+                   workers: int = 0, progress: bool = True, threads: int | None = None) -> dict[str, float]:
     """NLL of the true top codes in bits/dim (the paper's Table 3 measure) of a structure run, EMA weights,
-    images resized to the model size, masks drawn from ``masks`` by image number."""
+    images resized to the model size, masks drawn from ``masks`` by image number. ``threads``: CPU threads (None:
+    chosen from the machine's load, see :mod:`pyinpaint.threads`)."""
     from pyinpaint.data import make_mask_source
     from pyinpaint.runs import load_structure
     from pyinpaint.train.structure import evaluate_nll
@@ -53,8 +56,8 @@ def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol"
     model, vqvae = load_structure(run, device)
     size = model.cfg.image_size
     n, batches = _image_batches(data, size, "resize", limit, batch_size, workers, device, "eval structure", progress)
-    with torch.no_grad():
-        metrics = evaluate_nll(model, vqvae, batches, make_mask_source(masks, size, seed=seed))
+    with torch.no_grad(), use_threads(threads, device=device) as th:
+        metrics = evaluate_nll(model, vqvae, th.ticking(batches), make_mask_source(masks, size, seed=seed))
     return {"images": n, **metrics}
 
 
@@ -243,10 +246,11 @@ def _load_eval_image(path: Path, size: int):
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  out: str | Path | None = None, device: str | torch.device = "cpu",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, threads: int | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``) with each of ``masks`` (see :func:`_cases`). Returns {"rows": one dict per (case, method),
-    "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png."""
+    "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png. ``threads``:
+    CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`)."""
     import time
 
     from tqdm.auto import tqdm
@@ -261,6 +265,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
             raise ValueError(f"unknown baseline {b!r}: expected some of {', '.join(BASELINES)}")
     if limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
+    check_threads(threads)
     paths = spread(list_images(images), limit)
     inp = get_inpainter(model, device)
     cases = _cases(paths, list(masks), size, per_block, seed)
@@ -278,7 +283,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
         base = {"case": i, "image": case.image.name, "mask": case.mask, "block": case.block,
                 "hole_pct": round(100.0 * float(case.hole.mean()), 2)}
         t0 = time.perf_counter()
-        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i)]
+        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, threads=threads)]
         seconds = time.perf_counter() - t0
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
         rows.append({**base, "method": "pyinpaint", **summarize(scores),

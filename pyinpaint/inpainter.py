@@ -12,6 +12,7 @@ known pixel is the input's, bit for bit -> n images at the input's size. Each st
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -30,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pyinpaint import bounds
 from pyinpaint.modelfile import Model, load_model
 from pyinpaint.models.texture import complete
+from pyinpaint.threads import check_threads, sampling_work, use_threads
 
 ImageLike = Union[str, "os.PathLike[str]", Image.Image, np.ndarray, torch.Tensor]
 MaskLike = ImageLike
@@ -244,9 +247,14 @@ class Result:
 
 
 class Inpainter:
-    """A loaded model, ready to fill holes. ``Inpainter.load(path)``, then ``.sample(image, mask, n)``."""
+    """A loaded model, ready to fill holes. ``Inpainter.load(path)``, then ``.sample(image, mask, n)``.
+
+    One Inpainter may be shared by threads: calls run concurrently and give what they give alone (the networks
+    are frozen in eval mode; the sampler's state belongs to its call), except ``sampler="graph"``, whose captured
+    CUDA graphs are shared: those calls take turns (a lock)."""
 
     def __init__(self, model: Model, device: str | torch.device | None = None):
+        self._graph_lock = threading.Lock()
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         for m in (model.vqvae, model.structure, model.generator, model.discriminator):
@@ -389,35 +397,56 @@ class Inpainter:
     # ------------------------------------------------------------------ the whole call
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-                progress: Progress | None = None) -> Result:
+                progress: Progress | None = None, threads: int | None = None,
+                max_batch: int | None = None) -> Result:
         """:meth:`sample` with everything kept: the seed used, sampled codes, model-size completions, scores."""
         seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank)
-        prepared = self.prepare(image, mask)
+        threads = check_threads(threads)
         n = int(n)
-        if not prepared.hole.any():
-            _warn("the mask is empty (no pixel to fill): returning copies of the input")
-            return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
-                          prepared=prepared)
-        sampled = self.sample_structures(prepared, n, seed=seed, temperature=float(temperature), top_k=top_k,
-                                         sampler=sampler, progress=progress)
-        completed = self.complete(prepared, sampled.embeddings)
-        codes, scores, order = sampled.codes, None, torch.arange(n)
-        if rank:
-            scores = self.score(prepared, completed)
-            order = torch.sort(scores, descending=True, stable=True).indices
-            scores = scores[order]
-            codes, completed = codes[order.to(codes.device)], completed[order.to(completed.device)]
-        images = self.to_input_size(prepared, completed)
+        with use_threads(threads, device=self.device) as th:
+            prepared = self.prepare(image, mask)
+            if not prepared.hole.any():
+                _warn("the mask is empty (no pixel to fill): returning copies of the input")
+                return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
+                              prepared=prepared)
+            plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, device=self.device)
+            if len(plan.batches) > 1:
+                _warn(plan.describe())
+            parts = []
+            for i, (start, size) in enumerate(plan.batches):
+                report = None
+                if progress is not None:
+                    report = functools.partial(lambda off, done, total: progress(off * total + done,
+                                                                                 total * len(plan.batches)), i)
+                th.phase(sampling_work(self.model.structure.pixelcnn, size))
+                with self._graph_lock if sampler == "graph" else contextlib.nullcontext():
+                    sampled = self.sample_structures(prepared, size, seed=bounds.batch_seed(seed, i),
+                                                     temperature=float(temperature), top_k=top_k, sampler=sampler,
+                                                     progress=th.wrap(report))
+                th.phase(math.inf)
+                completed = self.complete(prepared, sampled.embeddings)
+                scores = self.score(prepared, completed).cpu() if rank else None
+                parts.append((sampled.codes.cpu(), completed.cpu(), scores))
+                del sampled, completed
+            codes = torch.cat([c for c, _, _ in parts])
+            completed = torch.cat([c for _, c, _ in parts])
+            scores, order = None, torch.arange(n)
+            if rank:
+                scores = torch.cat([s for _, _, s in parts])
+                order = torch.sort(scores, descending=True, stable=True).indices
+                scores, codes, completed = scores[order], codes[order], completed[order]
+            del parts
+            images = self.to_input_size(prepared, completed)
         for i, (im, j) in enumerate(zip(images, order.tolist())):
             im.info.update({"seed": seed, "sample": j})
             if scores is not None:
                 im.info["score"] = float(scores[i])
-        return Result(images, seed, order.tolist(), codes.cpu(), completed.cpu(),
-                      None if scores is None else scores.cpu(), prepared)
+        return Result(images, seed, order.tolist(), codes, completed, scores, prepared)
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
-               progress: Progress | None = None) -> list[Image.Image]:
+               progress: Progress | None = None, threads: int | None = None,
+               max_batch: int | None = None) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
         image: path, PIL image, H x W x 3 uint8 array or 3 x H x W float tensor in [0, 1] (greyscale, RGBA and
@@ -425,10 +454,15 @@ class Inpainter:
         True / 255 = fill. Pixels outside the hole are returned exactly as given. ``seed`` fixes the samples
         (None: a fresh one, stored in each image's ``info["seed"]``); ``temperature`` and ``top_k`` shape the
         code distribution; ``rank`` orders the samples by the discriminator's mean score, best first;
-        ``progress(done, total)`` is called after each sampled position.
+        ``progress(done, total)`` is called after each sampled position (of all batches).
+        ``threads``: CPU threads (None: chosen per call from the work and the machine's load, see
+        :mod:`pyinpaint.threads`; the caller's ``torch.set_num_threads`` is restored afterwards). ``max_batch``:
+        most samples drawn as one batch (None: as many as fit a fixed memory budget for this model and image
+        size, see :mod:`pyinpaint.bounds`); a larger n is drawn in batches, with a warning. A call whose memory
+        would exceed what the machine has available is refused (ValueError naming the largest n that fits).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, progress=progress).images
+                            rank=rank, progress=progress, threads=threads, max_batch=max_batch).images
 
 
 # ---------------------------------------------------------------------------------------------- sample()
@@ -472,9 +506,11 @@ def clear_cache() -> None:
 def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None, temperature: float = 1.0,
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
-           progress: Progress | None = None) -> list[Image.Image]:
+           progress: Progress | None = None, threads: int | None = None,
+           max_batch: int | None = None) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (see :meth:`Inpainter.sample`), with the
     model directory ``model`` (default: the faces model shipped with pyinpaint, 128 px) loaded once per
     (model, device) and cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
-                                               sampler=sampler, rank=rank, progress=progress)
+                                               sampler=sampler, rank=rank, progress=progress, threads=threads,
+                                               max_batch=max_batch)
