@@ -132,16 +132,26 @@ def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None,
     need = estimate(model, n, size, batch) if cpu else n * kept_bytes(model, size)
     avail = available_memory() if available == -1 else available
     if avail is not None and need > HEADROOM * avail:
-        budget = HEADROOM * avail - (fixed_bytes(model, size) + batch * per_sample_bytes(model) if cpu else 0)
-        fits = int(budget // kept_bytes(model, size)) if budget > 0 else 0
+        fits = largest_n(model, size, HEADROOM * avail, batch, cpu)
         h, w = size
         what = (f"the largest n that fits is {fits}" if fits >= 1 else
-                "not even one sample fits: use a smaller image or a smaller max_batch, or free memory")
-        if fits >= 1 and cpu and batch > 1:
-            what += " (a smaller max_batch lowers the working memory)"
+                "not even one sample fits: use a smaller image, or free memory")
         raise ValueError(f"n={n} on a {w}x{h} image needs about {_gib(need)} of memory, more than "
                          f"{HEADROOM:.0%} of the {_gib(avail)} available: {what}")
     return Plan(n, batch, batches, need, avail)
+
+
+def largest_n(model, size: tuple[int, int], budget: float, batch: int, cpu: bool = True) -> int:
+    """The largest n whose estimate (batches of at most ``batch``) is within ``budget`` bytes (0 if none)."""
+    kept = kept_bytes(model, size)
+    if not cpu:
+        return max(0, int(budget // kept))
+    free = budget - fixed_bytes(model, size)
+    per = per_sample_bytes(model)
+    within_one = int(free // (per + kept)) if free > 0 else 0  # n <= batch: one batch of n
+    if within_one < batch:
+        return max(0, within_one)
+    return max(batch, int((free - batch * per) // kept))
 
 
 def batch_seed(seed: int, index: int) -> int:

@@ -436,7 +436,7 @@ class Inpainter:
                 order = torch.sort(scores, descending=True, stable=True).indices
                 scores, codes, completed = scores[order], codes[order], completed[order]
             del parts
-            images = self.to_input_size(prepared, completed)
+            images = self.to_input_size(prepared, completed.to(self.device))  # kept on the host between batches
         for i, (im, j) in enumerate(zip(images, order.tolist())):
             im.info.update({"seed": seed, "sample": j})
             if scores is not None:

@@ -97,6 +97,7 @@ _LOCK = threading.Lock()
 _ENTERED = 0  # calls inside use_threads, in all threads of this process
 _ADAPTIVE = 0  # of which choose their count from the load
 _OUTER: int | None = None  # torch.get_num_threads() before the first of them
+_LOCAL = threading.local()  # depth: calls inside use_threads in this thread
 
 
 class Threads:
@@ -177,22 +178,25 @@ def use_threads(threads: int | None = None, work: float = math.inf, *,
     cores = available_cores()
     if fixed is None and device is not None and torch.device(device).type != "cpu":
         fixed = torch.get_num_threads()
+    depth = getattr(_LOCAL, "depth", 0)
+    adaptive = fixed is None and depth == 0  # a call inside a call of the same thread shares its cores
     with _LOCK:
         if _ENTERED == 0:
             _OUTER = torch.get_num_threads()
-        # what this call restores: the count found by the first call in (a thread entering while another call
-        # runs may hold that call's temporary count, picked up at its first torch op)
-        own = _OUTER
+        # What this call restores: inside another call of this thread, that call's count; else the count found by
+        # the first call in (a thread entering while another thread's call runs may hold that call's temporary
+        # count, picked up at its first torch op).
+        own = torch.get_num_threads() if depth else _OUTER
         _ENTERED += 1
-        if fixed is None:
-            _ADAPTIVE += 1
+        _ADAPTIVE += adaptive
         state = Threads(fixed, work, cores)
         torch.set_num_threads(state.count)
+    _LOCAL.depth = depth + 1
     try:
         yield state
     finally:
+        _LOCAL.depth = depth
         with _LOCK:
             _ENTERED -= 1
-            if fixed is None:
-                _ADAPTIVE -= 1
+            _ADAPTIVE -= adaptive
             torch.set_num_threads(own)

@@ -143,10 +143,10 @@ def test_calls_in_several_threads_restore_the_first_callers_count(caller_threads
 
 def test_threads_option_of_the_api(inp, case, caller_threads):
     image, hole = case
-    one = inp.sample(image, hole, n=2, seed=3, threads=1)
+    one = inp.sample(image, hole, n=1, seed=3, threads=1)
     assert torch.get_num_threads() == caller_threads
-    two = inp.sample(image, hole, n=2, seed=3, threads=2)
-    auto = inp.sample(image, hole, n=2, seed=3)
+    two = inp.sample(image, hole, n=1, seed=3, threads=2)  # slow on a busy machine: the collapse this module avoids
+    auto = inp.sample(image, hole, n=1, seed=3)
     assert torch.get_num_threads() == caller_threads
     for a, b, c in zip(_arrays(one), _arrays(two), _arrays(auto)):
         assert np.array_equal(a, b) and np.array_equal(a, c)
@@ -200,4 +200,12 @@ def test_cli_threads_option(tiny_model_dir, tmp_path, capsys, caller_threads):
                               np.asarray(Image.open(tmp_path / "b" / name)))
     assert cli.main(args + ["--out", str(tmp_path / "c"), "--threads", "0"]) != 0
     assert "threads must be" in capsys.readouterr().err
+    assert torch.get_num_threads() == caller_threads
+
+
+def test_a_call_inside_a_call_restores_the_outer_calls_count(caller_threads):
+    with th.use_threads(2):
+        with th.use_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == caller_threads
