@@ -155,12 +155,12 @@ def main() -> None:
                         stop(procs)
                     row[label] = {"seconds": sec, "finished": finished, "threads": used}
                 best = min(v["seconds"] for k, v in row.items() if k in ("default", "1", "2"))
-                row["default_vs_best"] = row["default"]["seconds"] / best
+                row["default_vs_best"] = row["default"]["seconds"] / best  # '>' when the default was stopped
                 results.append(row)
                 print(f"  n={n:3d}  default {fmt(row['default']['seconds'], row['default']['finished'])} s "
                       f"(threads used {row['default']['threads']})  1 thread {fmt(row['1']['seconds'], row['1']['finished'])} s"
                       f"  2 threads {fmt(row['2']['seconds'], row['2']['finished'])} s  default/best "
-                      f"{row['default_vs_best']:.2f}", flush=True)
+                      f"{'' if row['default']['finished'] else '>'}{row['default_vs_best']:.2f}", flush=True)
             print(f"  load after {loadavg()}", flush=True)
         del inp
     if not args.no_concurrency:

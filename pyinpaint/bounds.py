@@ -7,12 +7,13 @@ A call whose estimate exceeds the memory the machine has available (``MemAvailab
 cgroup's limit when lower) is refused before any model work, with the largest n that fits.
 
 Working memory of a batch of b samples, per sample (S = model size, L = (S/8)^2 code positions, K codes):
-the sampler's Gumbel noise (:func:`pyinpaint.sampler.gumbel_noise`: float64 draws and their logs, then float32:
-at most 36 bytes x L x K), its per-sample state (caches of every gated block, measured: see
-:data:`STATE_BYTES_PER_CHANNEL`) and the texture generator's activations (measured: see
-:data:`GENERATOR_BYTES`). Independent of b: the sampler's weights in their step layouts (4 bytes per PixelCNN
-parameter) and the input's full-size work (reading, resizing, compositing: :data:`IMAGE_BYTES_PER_PIXEL`).
-The constants were measured as peak RSS in fresh processes (docs/benchmarks.md, "Bounds") and rounded up.
+the sampler's Gumbel noise (:func:`pyinpaint.sampler.gumbel_noise`: float64 draws and their logs, then float32;
+:data:`NOISE_BYTES` x L x K), its state (the caches of every gated block: :data:`STATE_BYTES_PER_CHANNEL` x L x
+channels x resnets) and the texture generator's activations (:data:`GENERATOR_BYTES` x S^2 x its channels).
+Independent of b: the sampler's weights in their step layouts (:data:`SAMPLER_BYTES_PER_PARAMETER` per PixelCNN
+parameter), :data:`CALL_BYTES`, and the input's full-size work (reading, resizing, compositing:
+:data:`IMAGE_BYTES_PER_PIXEL` per input pixel). The constants come from peak RSS measured in fresh processes on
+the shipped and the paper configurations, rounded up by 1.3-1.6x (docs/benchmarks.md, "Bounds").
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from dataclasses import dataclass
 
 import torch
 
-BATCH_BYTES = 1 << 30  # working memory of one batch that the default max_batch aims at
+BATCH_BYTES = 2 << 30  # working memory of one batch that the default max_batch aims at (paper model: 13 samples)
 HEADROOM = 0.85  # fraction of the available memory a call may plan to use
-NOISE_BYTES = 36  # per sample, position and code
-STATE_BYTES_PER_CHANNEL = 48  # per sample, position, PixelCNN channel and resnet
-GENERATOR_BYTES = 48  # per sample, model pixel and texture-generator channel
+NOISE_BYTES = 20  # per sample, position and code (float64 draws, their logs, float32 noise)
+STATE_BYTES_PER_CHANNEL = 6  # per sample, position, PixelCNN channel and resnet
+GENERATOR_BYTES = 32  # per sample, model pixel and texture-generator channel
+SAMPLER_BYTES_PER_PARAMETER = 6  # the weights in step layouts and their set-up, once per call
+CALL_BYTES = 16 << 20  # the condition network, h and the rest, once per call
 IMAGE_BYTES_PER_PIXEL = 48  # per input pixel, once per call (reading, mask, resizing, one output in float)
 OUTPUT_BYTES_PER_PIXEL = 3  # per input pixel and sample: the RGB result kept
 
@@ -97,7 +100,7 @@ def fixed_bytes(model, size: tuple[int, int]) -> int:
     """Bytes a call needs whatever n: the sampler's weights in step layouts, the input's full-size work."""
     h, w = size
     params = sum(p.numel() for p in model.structure.pixelcnn.parameters())
-    return 4 * params + IMAGE_BYTES_PER_PIXEL * h * w
+    return SAMPLER_BYTES_PER_PARAMETER * params + CALL_BYTES + IMAGE_BYTES_PER_PIXEL * h * w
 
 
 def default_max_batch(model) -> int:

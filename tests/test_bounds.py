@@ -7,23 +7,11 @@ import warnings
 
 import numpy as np
 import pytest
-from skimage import data as skdata
 
 from pyinpaint import bounds
-from pyinpaint.inpainter import Inpainter, InpaintWarning
+from pyinpaint.inpainter import InpaintWarning
 
-
-@pytest.fixture(scope="module")
-def inp(tiny_model_dir):
-    return Inpainter.load(tiny_model_dir, "cpu")
-
-
-@pytest.fixture(scope="module")
-def case():
-    image = np.ascontiguousarray(skdata.astronaut()[40:120, 120:220])
-    hole = np.zeros(image.shape[:2], bool)
-    hole[20:60, 30:70] = True
-    return image, hole
+from test_threads import case, inp  # noqa: F401 (fixtures: a tiny model's Inpainter, an image and its hole)
 
 
 def test_estimate_grows_with_n_and_image(inp):
