@@ -3,6 +3,7 @@ on an idle machine and with one busy process per core; then two processes sampli
 
     OMP_NUM_THREADS= python benchmarks/bench_threads.py            # about 10-15 minutes on 2 loaded cores
     python benchmarks/bench_threads.py --models shipped --cap 20   # a shorter run
+    python benchmarks/bench_threads.py --models shipped --settings default,1 --repeat 3 --no-concurrency
 
 A script, not a pytest-benchmark file: it starts and stops its own busy processes (each a bounded
 ``while time.time() < deadline`` loop, one per core, stopped when the case ends and in any case after
@@ -130,6 +131,9 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=40.0, help="seconds after which a call is stopped (default 40)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "N", "START"), help=argparse.SUPPRESS)
+    ap.add_argument("--settings", default="default,1,2", help="thread settings compared (default: default,1,2)")
+    ap.add_argument("--loads", default="idle,loaded", help="idle, loaded or both (default)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each setting, interleaved; the fastest is kept")
     ap.add_argument("--no-concurrency", action="store_true")
     args = ap.parse_args()
     if args.one:
@@ -137,30 +141,35 @@ def main() -> None:
     from pyinpaint.threads import available_cores
 
     cores = available_cores()
+    settings = args.settings.split(",")
+    if "default" not in settings:
+        settings.insert(0, "default")
     print(f"torch {torch.__version__}, {cores} cores, torch default threads {torch.get_num_threads()}", flush=True)
     results = []
     for name in args.models.split(","):
         inp = load(name)
         timed(inp, 1, 1, args.cap)  # warm-up
-        for load_kind in ("idle", "loaded"):
+        for load_kind in args.loads.split(","):
             print(f"\n{name}, {load_kind}: load before {loadavg()}", flush=True)
             for n in (int(x) for x in args.ns.split(",")):
                 row = {"model": name, "load": load_kind, "n": n}
-                for label, threads in (("default", None), ("1", 1), ("2", 2)):
-                    procs = busy(cores, args.cap + 60) if load_kind == "loaded" else []
-                    try:
-                        time.sleep(0.5 if procs else 0)
-                        sec, finished, used = timed(inp, n, threads, args.cap)
-                    finally:
-                        stop(procs)
-                    row[label] = {"seconds": sec, "finished": finished, "threads": used}
-                best = min(v["seconds"] for k, v in row.items() if k in ("default", "1", "2"))
+                for _ in range(args.repeat):  # interleaved; the fastest of each setting is kept
+                    for label in settings:
+                        procs = busy(cores, args.cap + 60) if load_kind == "loaded" else []
+                        try:
+                            time.sleep(0.5 if procs else 0)
+                            sec, finished, used = timed(inp, n, None if label == "default" else int(label), args.cap)
+                        finally:
+                            stop(procs)
+                        if label not in row or sec < row[label]["seconds"]:
+                            row[label] = {"seconds": sec, "finished": finished, "threads": used}
+                best = min(v["seconds"] for k, v in row.items() if k in settings)
                 row["default_vs_best"] = row["default"]["seconds"] / best  # '>' when the default was stopped
                 results.append(row)
-                print(f"  n={n:3d}  default {fmt(row['default']['seconds'], row['default']['finished'])} s "
-                      f"(threads used {row['default']['threads']})  1 thread {fmt(row['1']['seconds'], row['1']['finished'])} s"
-                      f"  2 threads {fmt(row['2']['seconds'], row['2']['finished'])} s  default/best "
-                      f"{'' if row['default']['finished'] else '>'}{row['default_vs_best']:.2f}", flush=True)
+                cols = "  ".join(f"{k if k == 'default' else k + ' thr'} {fmt(row[k]['seconds'], row[k]['finished'])} s"
+                                 + (f" (threads used {row[k]['threads']})" if k == "default" else "") for k in settings)
+                print(f"  n={n:3d}  {cols}  default/best {'' if row['default']['finished'] else '>'}"
+                      f"{row['default_vs_best']:.2f}", flush=True)
             print(f"  load after {loadavg()}", flush=True)
         del inp
     if not args.no_concurrency:
