@@ -5,7 +5,7 @@
 B in {1, 10} samples, K = 512 codes of D = 64, float32, at (T = 1, no top-k) and (T = 0.8, top_k = 50); noise is the
 column ``noise[:, p]`` of a [B, 1024, K] tensor and the codes go to the column ``codes[:, p]`` of [B, 1024], as in
 ``sample_cached``. Cases: "torch" (``sample_step_reference``: the ~6 torch ops the sampler ran per position before),
-"ext" (``_ext.sample_step``, what the sampler calls once it has chosen the backend: input validation + the C++ call),
+"ext" (``_ext.sample_step``, what the sampler calls once it has chosen the backend: the C++ call alone),
 "ext-dispatch" (the public ``sample_step(..., backend="auto")``: the dispatch too). Every backend runs on the same
 device ("cuda" if available, else "cpu"); each one's answer is checked against the rule once before it is timed.
 """
@@ -46,9 +46,9 @@ def _fn(backend):
 def test_sample_step(benchmark, b, temperature, top_k, backend):
     logits, noise, codebook, codes = _inputs(b)
     if backend != "torch":
-        why = sample_op._ext_unavailable_reason(logits, noise[:, P], codebook, temperature, top_k)
-        if why is not None:
-            pytest.skip(f"ext: {why}")
+        choice = sample_op.choose_backend(logits, noise[:, P], codebook, temperature, top_k, "ext")
+        if choice.backend is None:
+            pytest.skip(f"ext: {choice.reason}")
     benchmark.group = f"sample_step B={b} K={K} D={D} T={temperature} top_k={top_k} on {DEVICE}"
     benchmark.extra_info.update(device=DEVICE, B=b, K=K, D=D, temperature=temperature, top_k=top_k, backend=backend)
     fn = _fn(backend)

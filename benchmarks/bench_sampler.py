@@ -29,6 +29,7 @@ import pytest
 import torch
 
 from pyinpaint.config import structure_preset
+from pyinpaint.kernels import causal_conv
 from pyinpaint.models.layers import CausalSelfAttention, GatedResBlock, WNConv2d
 from pyinpaint.models.structure import PixelCNN
 from pyinpaint.sampler import sample_cached, sample_naive
@@ -201,8 +202,8 @@ def test_peak_memory(benchmark, paper):
 
 # ---------------------------------------------------------------------------------------------- profile
 def _timer_key(cls, name, self):
-    if cls is WNConv2d and name == "_whole_rows":
-        return "u convs (per row)" if self.padding == "down" else "ul convs: rows above (per row)"
+    if cls is causal_conv:  # _whole_rows(state): the whole-row products of a causal conv's step
+        return "u convs (per row)" if self.kind == "down" else "ul convs: rows above (per row)"
     if cls is WNConv2d:
         if self.padding == "down":
             return "u convs, writes (per row)"
@@ -218,7 +219,7 @@ def _timer_key(cls, name, self):
 def layer_timers():
     """Wall time spent inside the step methods, by layer type (inclusive: callers include their callees)."""
     acc: dict[str, float] = defaultdict(float)
-    targets = [(WNConv2d, "step"), (WNConv2d, "_whole_rows"), (GatedResBlock, "step"),
+    targets = [(WNConv2d, "step"), (causal_conv, "_whole_rows"), (GatedResBlock, "step"),
                (CausalSelfAttention, "step"), (PixelCNN, "_start_row"), (PixelCNN, "step")]
     originals = {t: getattr(*t) for t in targets}
 
@@ -286,7 +287,7 @@ def test_cached_profile(benchmark, paper):
     from torch.profiler import ProfilerActivity, profile
     e = torch.randn(10, cfg.embedding_dim, w, w, generator=torch.Generator().manual_seed(0)).to(DEVICE).flatten(2)
     with torch.inference_mode():
-        st = net.init_state(10, w, h=h)
+        st = net.init_state(10, w, w, h=h)
         for p in range(w * w // 2):
             net.step(st, e[:, :, p - 1] if p else None, p)
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -5,8 +5,11 @@ run without it (the PyTorch reference paths), so the import is guarded: when it 
 environment sets ``PYINPAINT_DISABLE_EXT=1``, :func:`available` is False, :func:`why_unavailable`
 says why and :func:`warn_once` says so once per process.
 
-The extension does not link libtorch: the wrappers here validate the tensors, allocate the outputs
-with torch and hand raw data pointers, sizes and strides (and, on CUDA, the current stream) to it.
+The extension does not link libtorch: the wrappers here allocate the outputs with torch and hand raw
+data pointers, sizes and strides (and, on CUDA, the current stream) to it. They are internal: the ops
+(``vq.py``, ``sample.py``) check what a user can get wrong and ask this module which inputs the
+extension takes (``nearest_code``: ``vq._ext_unavailable_reason``; ``sample_step``:
+:func:`sample_step_unsupported`), so the wrappers only assert their preconditions.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import warnings
 import torch
 
 __all__ = ["available", "why_unavailable", "has_cuda", "why_no_cuda", "warn_once", "nearest_code", "cpu_isa", "cpu_isas",
-           "sample_step", "check_sample_step", "temperature_scaling"]
+           "sample_step", "sample_step_unsupported", "temperature_scaling"]
 
 DISABLE_ENV = "PYINPAINT_DISABLE_EXT"
 _FALSE_VALUES = ("", "0", "false", "no", "off")
@@ -66,8 +69,10 @@ def available() -> bool:
     return _C is not None
 
 
-def why_unavailable() -> str | None:
-    """Why the extension is not used, or None when it is."""
+def why_unavailable() -> str:
+    """A sentence either way: why the extension is not used, or that it is loaded and used."""
+    if _C is not None:
+        return f"nothing: pyinpaint._C is loaded and used ({getattr(_C, '__file__', 'built in')})"
     return _reason
 
 
@@ -122,90 +127,26 @@ def _require() -> None:
         raise RuntimeError(f"pyinpaint._C is not available: {_reason}")
 
 
-def _check_nearest_code_args(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor) -> None:
-    for name, t in (("z", z), ("codebook", codebook), ("norms", norms)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"nearest_code: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if z.dim() != 2:
-        raise ValueError(f"nearest_code: z must be 2-D [N, D], got shape {tuple(z.shape)}")
-    if codebook.dim() != 2:
-        raise ValueError(f"nearest_code: codebook must be 2-D [K, D], got shape {tuple(codebook.shape)}")
-    if norms.dim() != 1:
-        raise ValueError(f"nearest_code: norms must be 1-D [K], got shape {tuple(norms.shape)}")
-    n, d = z.shape
-    k, dc = codebook.shape
-    if d != dc:
-        raise ValueError(f"nearest_code: z has {d} channels but the codebook has codes of size {dc}")
-    if norms.shape[0] != k:
-        raise ValueError(f"nearest_code: norms has {norms.shape[0]} entries for a codebook of {k} codes")
-    if k < 1 or d < 1:
-        raise ValueError(f"nearest_code: empty codebook (shape {tuple(codebook.shape)})")
-    if not (z.device == codebook.device == norms.device):
-        raise ValueError(
-            f"nearest_code: z, codebook and norms must be on one device, got {z.device}, {codebook.device}, {norms.device}"
-        )
-    dev = z.device.type
-    if dev == "cpu":
-        if z.dtype != torch.float32 or codebook.dtype != torch.float32:
-            raise ValueError(
-                f"nearest_code: on the CPU z and codebook must be float32, got {z.dtype} and {codebook.dtype}"
-            )
-    elif dev == "cuda":
-        if z.dtype not in (torch.float32, torch.float16):
-            raise ValueError(f"nearest_code: on CUDA z must be float32 or float16, got {z.dtype}")
-        if codebook.dtype != z.dtype:
-            raise ValueError(f"nearest_code: codebook dtype {codebook.dtype} differs from z dtype {z.dtype}")
-    else:
-        raise ValueError(f"nearest_code: unsupported device {z.device} (cpu or cuda)")
-    if norms.dtype != torch.float32:
-        raise ValueError(f"nearest_code: norms must be float32, got {norms.dtype}")
-    if not codebook.is_contiguous():
-        raise ValueError("nearest_code: codebook must be contiguous")
-    if not norms.is_contiguous():
-        raise ValueError("nearest_code: norms must be contiguous")
-    if d > 1 and z.stride(1) != 1:
-        raise ValueError(f"nearest_code: z's last dimension must be contiguous (strides {tuple(z.stride())})")
-
-
-def _check_out(out, n: int, d: int, codebook: torch.Tensor):
-    if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ValueError("nearest_code: out must be a pair of tensors (idx, emb)")
-    idx, emb = out
-    if idx.shape != (n,) or idx.dtype != torch.int64 or idx.device != codebook.device or not idx.is_contiguous():
-        raise ValueError(
-            f"nearest_code: out idx must be a contiguous int64 tensor of shape ({n},) on {codebook.device}, "
-            f"got {idx.dtype} {tuple(idx.shape)} on {idx.device}"
-        )
-    if emb.shape != (n, d) or emb.dtype != codebook.dtype or emb.device != codebook.device or not emb.is_contiguous():
-        raise ValueError(
-            f"nearest_code: out emb must be a contiguous {codebook.dtype} tensor of shape ({n}, {d}) on "
-            f"{codebook.device}, got {emb.dtype} {tuple(emb.shape)} on {emb.device}"
-        )
-    return idx, emb
-
-
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor, *, out=None, _cpu_isa: str = ""):
-    """Nearest code per row with the native extension.
+    """Nearest code per row with the native extension: (idx int64 [N], emb [N, D] in the codebook's dtype), as
+    ``pyinpaint.kernels.vq.nearest_code_reference``.
 
-    z [N, D] (rows may be strided, last dim contiguous), codebook [K, D] contiguous, norms [K]
-    float32 contiguous (|e_k|^2, see ``pyinpaint.kernels.vq.code_norms``), all on one device;
-    float32 on the CPU, float32 or float16 (z and codebook alike) on CUDA.
-    Returns (idx int64 [N], emb [N, D] in the codebook's dtype), as
-    ``pyinpaint.kernels.vq.nearest_code_reference``; ``out=(idx, emb)`` writes into preallocated
-    contiguous tensors (which must not overlap the inputs) and returns them.
-    Raises ValueError for unsupported inputs and RuntimeError when the extension (or its CUDA
-    part) is unavailable. Not differentiable.
-    ``_cpu_isa`` (tests, benchmarks) forces one of :func:`cpu_isas` on the CPU.
+    Preconditions (``vq.nearest_code`` ensures them): z [N, D] with a contiguous last dim (rows may be strided),
+    codebook [K, D] contiguous, norms [K] float32 contiguous (``vq.code_norms``), one device; float32 on the CPU,
+    float32 or float16 (z and codebook alike) on CUDA. ``out=(idx, emb)``: contiguous outputs to write into (not
+    overlapping the inputs). ``_cpu_isa`` (tests, benchmarks) forces one of :func:`cpu_isas` on the CPU (an unknown
+    one raises ValueError). RuntimeError when the extension (or its CUDA part) is unavailable. Not differentiable.
     """
     _require()
-    _check_nearest_code_args(z, codebook, norms)
     n, d = z.shape
     k = codebook.shape[0]
+    assert codebook.shape == (k, d) and norms.shape == (k,) and (d == 1 or z.stride(1) == 1)
+    assert codebook.is_contiguous() and norms.is_contiguous() and norms.dtype == torch.float32
     if out is None:
-        idx = torch.empty(n, dtype=torch.int64, device=z.device)
-        emb = torch.empty(n, d, dtype=codebook.dtype, device=z.device)
-    else:
-        idx, emb = _check_out(out, n, d, codebook)
+        out = (torch.empty(n, dtype=torch.int64, device=z.device), torch.empty(n, d, dtype=codebook.dtype,
+                                                                              device=z.device))
+    idx, emb = out
+    assert idx.shape == (n,) and emb.shape == (n, d) and idx.is_contiguous() and emb.is_contiguous()
     if n == 0:
         return idx, emb
     if z.device.type == "cpu":
@@ -223,8 +164,8 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor, *
             z.data_ptr(), z.stride(0), codebook.data_ptr(), norms.data_ptr(), idx.data_ptr(), emb.data_ptr(),
             n, k, d, dtype_code, stream, z.device.index,
         )
-    # z, codebook, norms, idx and emb are referenced by this frame until the call has returned; on
-    # CUDA the launch is ordered on the current stream like any torch op.
+    # the tensors are referenced by this frame until the call has returned; on CUDA the launch is ordered on the
+    # current stream like any torch op.
     return idx, emb
 
 
@@ -290,80 +231,55 @@ def temperature_scaling(temperature: float, device: torch.device | str) -> tuple
     return result
 
 
-def _tensor_name(t) -> str:
-    return f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
-
-
-def check_sample_step(logits, noise, codebook, temperature=1.0, top_k=None) -> None:
-    """Raise ValueError (with what is wrong) unless :func:`sample_step` can take these inputs.
-
-    (Written to be cheap when everything is right: the sampler calls it at every position.)"""
-    T = torch.Tensor
-    if not (isinstance(logits, T) and isinstance(noise, T) and isinstance(codebook, T)):
-        for name, t in (("logits", logits), ("noise", noise), ("codebook", codebook)):
-            if not isinstance(t, T):
-                raise ValueError(f"sample_step: {name} must be a torch.Tensor, got {type(t).__name__}")
-    shape, cshape = logits.shape, codebook.shape
-    if len(shape) != 2:
-        raise ValueError(f"sample_step: logits must be 2-D [B, K], got shape {tuple(shape)}")
-    if len(cshape) != 2:
-        raise ValueError(f"sample_step: codebook must be 2-D [K, D], got shape {tuple(cshape)}")
-    k = shape[1]
-    if noise.shape != shape:
-        raise ValueError(f"sample_step: noise must have the logits' shape {tuple(shape)}, got {tuple(noise.shape)}")
-    if cshape[0] != k:
-        raise ValueError(f"sample_step: the codebook has {cshape[0]} codes but the logits have {k}")
-    if k < 1 or cshape[1] < 1:
-        raise ValueError(f"sample_step: empty codebook or logits (codebook {tuple(cshape)})")
+def sample_step_unsupported(logits, noise, codebook, temperature, top_k, codes_out=None, emb_out=None) -> str | None:
+    """None when :func:`sample_step` takes these inputs, else why not (in words). The inputs have passed
+    ``pyinpaint.kernels.sample``'s checks (shapes, options); this is the extension's own rule on top."""
+    if _C is None:
+        return f"the extension is not available: {_reason}"
     device = logits.device
-    if noise.device != device or codebook.device != device:
-        raise ValueError(f"sample_step: logits, noise and codebook must be on one device, got {device}, "
-                         f"{noise.device}, {codebook.device}")
-    if device.type != "cpu" and device.type != "cuda":
-        raise ValueError(f"sample_step: unsupported device {device} (cpu or cuda)")
+    if device.type == "cuda":
+        why = why_no_cuda()
+        if why is not None:
+            return why
+    elif device.type != "cpu":
+        return f"the C++ extension runs on the CPU and CUDA only, tensors are on {device}"
+    n, k = logits.shape
     f32 = torch.float32
-    if logits.dtype != f32 or noise.dtype != f32 or codebook.dtype != f32:
-        for name, t in (("logits", logits), ("noise", noise), ("codebook", codebook)):
-            if t.dtype != f32:
-                raise ValueError(f"sample_step: {name} must be float32, got {t.dtype}")
-    if k > 1 and (logits.stride(1) != 1 or noise.stride(1) != 1):
-        for name, t in (("logits", logits), ("noise", noise)):
-            if t.stride(1) != 1:
-                raise ValueError(f"sample_step: {name}'s last dimension must be contiguous (strides {t.stride()})")
+    for name, t in (("logits", logits), ("noise", noise), ("codebook", codebook)):
+        if t.dtype != f32:
+            return f"{name} must be float32, got {t.dtype}"
+    for name, t in (("logits", logits), ("noise", noise)):
+        if k > 1 and t.stride(1) != 1:
+            return f"{name}'s last dimension must be contiguous (strides {t.stride()})"
     if not codebook.is_contiguous():
-        raise ValueError("sample_step: codebook must be contiguous")
-    if temperature.__class__ is not float and (isinstance(temperature, bool)
-                                               or not isinstance(temperature, (int, float))):
-        raise ValueError(f"sample_step: temperature must be a Python number, got {type(temperature).__name__}")
-    if not temperature > 0:
-        raise ValueError(f"sample_step: temperature must be positive (got {temperature})")
-    if top_k is not None:
-        if top_k.__class__ is not int or not 1 <= top_k <= k:
-            raise ValueError(f"sample_step: top_k must be None or an int in [1, {k}] (got {top_k!r})")
-        if device.type == "cuda" and top_k < k and k > getattr(_C, "SAMPLE_CUDA_MAX_TOPK_K", k):
-            raise ValueError(f"sample_step: on CUDA top-k filtering takes at most {_C.SAMPLE_CUDA_MAX_TOPK_K} codes "
-                             f"(got {k})")
+        return "codebook must be contiguous"
+    if codes_out is not None and n > 1 and codes_out.stride(0) < 1:
+        return f"codes_out must have a positive stride (e.g. the column codes[:, p] of a code map), got {codes_out.stride()}"
+    if emb_out is not None and (emb_out.dtype != f32 or not emb_out.is_contiguous()):
+        return f"emb_out must be a contiguous float32 tensor, got {emb_out.dtype} with strides {emb_out.stride()}"
+    if device.type == "cuda" and top_k is not None and top_k < k and k > _C.SAMPLE_CUDA_MAX_TOPK_K:
+        return f"on CUDA top-k filtering takes at most {_C.SAMPLE_CUDA_MAX_TOPK_K} codes (got {k})"
+    if temperature_scaling(temperature, device) is None:
+        return (f"torch's rounding of logits / {temperature} on {device} matches none of the native op's "
+                f"(division, or product with a float32 reciprocal)")
+    return None
 
 
-def check_sample_outs(codes_out, emb_out, n: int, d: int, device: torch.device) -> None:
-    """Raise ValueError unless ``codes_out`` / ``emb_out`` (each may be None) are outputs :func:`sample_step` takes."""
-    if codes_out is not None and not (
-            isinstance(codes_out, torch.Tensor) and codes_out.dtype == torch.int64 and len(codes_out.shape) == 1
-            and codes_out.shape[0] == n and codes_out.device == device and (n <= 1 or codes_out.stride(0) >= 1)):
-        raise ValueError(
-            f"sample_step: codes_out must be an int64 tensor of shape ({n},) on {device} with a positive stride "
-            f"(e.g. the column codes[:, p] of a code map), got {_tensor_name(codes_out)}"
-            + (f", strides {codes_out.stride()}" if isinstance(codes_out, torch.Tensor) else "")
-        )
-    if emb_out is not None and not (
-            isinstance(emb_out, torch.Tensor) and emb_out.dtype == torch.float32 and emb_out.shape == (n, d)
-            and emb_out.device == device and emb_out.is_contiguous()):
-        raise ValueError(f"sample_step: emb_out must be a contiguous float32 tensor of shape ({n}, {d}) on {device}, "
-                         f"got {_tensor_name(emb_out)}")
+def sample_step(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0,
+                top_k: int | None = None, *, codes_out: torch.Tensor | None = None,
+                emb_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position of the sampler with the native extension: (codes int64 [B], embeddings float32 [B, D]).
 
-
-def _sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out, emb_out):
-    """:func:`sample_step` after :func:`check_sample_step` and :func:`check_sample_outs` have passed."""
+    The rule of ``pyinpaint.sampler.draw`` (logits / T unless T == 1, everything below the top_k-th largest to -inf,
+    + noise, argmax with the first index on ties and the first NaN winning), then ``codebook[codes]``; the codes are
+    bit-identical to ``draw``'s on the same device (see :func:`temperature_scaling`).
+    Preconditions (``pyinpaint.kernels.sample.sample_step`` checks them; :func:`sample_step_unsupported` is None):
+    logits, noise float32 [B, K] with a contiguous last dim (rows may be strided, e.g. ``noise[:, p]``); codebook
+    float32 [K, D] contiguous; codes_out int64 [B] with a positive stride (e.g. ``codes[:, p]``), emb_out float32
+    [B, D] contiguous, both allocated when None and not overlapping the inputs. Not differentiable. On CUDA the
+    launch is asynchronous on the current stream.
+    """
+    _require()
     n, k = logits.shape
     d = codebook.shape[1]
     device = logits.device
@@ -373,13 +289,8 @@ def _sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out,
         emb_out = torch.empty(n, d, dtype=torch.float32, device=device)
     if n == 0:
         return codes_out, emb_out
-    if device.type == "cuda":
-        reason = why_no_cuda()
-        if reason is not None:
-            raise RuntimeError(f"sample_step: {reason}")
     scaling = temperature_scaling(temperature, device)
-    if scaling is None:
-        raise RuntimeError(f"sample_step: cannot reproduce torch's rounding of logits / {temperature} on {device}")
+    assert scaling is not None, "sample_step_unsupported() says why"
     mode, scale = scaling
     top = 0 if top_k is None or top_k == k else top_k
     if device.type == "cpu":
@@ -396,24 +307,3 @@ def _sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out,
     # every tensor is referenced by this frame until the call has returned; on CUDA the launch is ordered on the
     # current stream like any torch op.
     return codes_out, emb_out
-
-
-def sample_step(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0,
-                top_k: int | None = None, *, codes_out: torch.Tensor | None = None,
-                emb_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One position of the sampler with the native extension: (codes int64 [B], embeddings float32 [B, D]).
-
-    The rule of ``pyinpaint.sampler.draw`` (logits / T unless T == 1, everything below the top_k-th largest to -inf,
-    + noise, argmax with the first index on ties and the first NaN winning), then ``codebook[codes]``; the codes are
-    bit-identical to ``draw``'s on the same device (see :func:`temperature_scaling`).
-    logits, noise: float32 [B, K], rows may be strided (last dim contiguous), e.g. ``noise[:, p]`` of a
-    [B, positions, K] tensor; codebook: float32 [K, D] contiguous; all on one device (CPU or CUDA). top_k: None or
-    1..K (K = no filtering). codes_out: an int64 [B] tensor to write the codes into, any positive stride (e.g.
-    ``codes[:, p]``); emb_out: a contiguous float32 [B, D] tensor; both allocated when None, must not overlap the
-    inputs. Raises ValueError for unsupported inputs, RuntimeError when the extension (or its CUDA part) is
-    unavailable. Not differentiable. On CUDA the launch is asynchronous on the current stream.
-    """
-    _require()
-    check_sample_step(logits, noise, codebook, temperature, top_k)
-    check_sample_outs(codes_out, emb_out, logits.shape[0], codebook.shape[1], logits.device)
-    return _sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out, emb_out)

@@ -53,23 +53,3 @@ def triton_unavailable_reason(*tensors: torch.Tensor) -> str | None:
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (>= 1); same as triton.next_power_of_2 but usable without triton."""
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
-
-
-def choose_backend(backend: str, unavailable: str | None, device: torch.device, *, cpu_backend: str = "torch",
-                   cpu_note: str = "") -> tuple[str | None, str]:
-    """The shared end of the kernels' dispatch, for ``backend`` "triton" or "auto" (the reference backends are
-    handled before): (backend to run or None, why in words). ``unavailable`` is why Triton cannot run (None: it
-    can); on a non-CUDA device auto takes ``cpu_backend`` (``cpu_note`` says what that is), never the
-    interpreter."""
-    if backend == "triton":
-        if unavailable is not None:
-            return None, f"backend='triton' was requested but cannot run: {unavailable}"
-        where = "in the Triton interpreter" if device.type == "cpu" else f"on {device}"
-        return "triton", f"requested explicitly; runs {where}"
-    if device.type != "cuda":
-        note = f": {cpu_note}" if cpu_note else ""
-        return cpu_backend, (f"tensors are on {device.type}{note}; auto never routes CPU tensors to the Triton "
-                             f"interpreter (pass backend='triton' to force it)")
-    if unavailable is not None:
-        return "torch", f"tensors are on CUDA but the Triton kernel cannot run: {unavailable}"
-    return "triton", "tensors are on CUDA and triton is available"

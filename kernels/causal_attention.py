@@ -29,19 +29,18 @@ otherwise) and accumulate in float32. float32 inputs use IEEE dots; float16 / bf
 dots on the upcast values, which is exact for the inputs (at most 10 mantissa bits) and rounds P to
 TF32 before the P V product (as flash-attention rounds P to the input dtype). Outputs and gradients are
 stored in the input dtype. float64 is supported by the reference only. As in flash-attention,
-D = rowsum(dO * O) uses the stored (rounded) O; in bfloat16 that dominates the error of dq and dk
-(measured in the interpreter, L = 100, Dk = 16, Dv = 64, vs the float32 reference: max dq error 0.106;
-0.031 with a float32 O; 0.052 for PyTorch computing in bfloat16). That is within flash-attention's
-rule (2x PyTorch's error plus one ulp), the price of not keeping a float32 copy of O.
+D = rowsum(dO * O) uses the stored (rounded) O; in bfloat16 that dominates the error of dq and dk, within
+flash-attention's rule (2x PyTorch's error plus one ulp): the price of not keeping a float32 copy of O
+(figures: docs/benchmarks.md, "Causal attention").
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 
-from ._triton import HAS_TRITON, choose_backend, next_power_of_2, triton_unavailable_reason
+from ._dispatch import Choice, check_out, check_pow2, choose, device_ctx, dtype_reason
+from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
     import triton
@@ -415,15 +414,11 @@ if HAS_TRITON:
 # Launchers
 # ----------------------------------------------------------------------------------------------------
 def _dtype_unsupported_reason(q: torch.Tensor) -> str | None:
-    if q.dtype not in _KERNEL_DTYPES:
-        return f"inputs have dtype {q.dtype}; the kernel takes float32, float16 or bfloat16"
-    return None
+    return dtype_reason(q, _KERNEL_DTYPES, "q")
 
 
 def _check_block(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 16 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 16 (tl.dot), got {value!r}")
-    return value
+    return check_pow2(name, value, 16, " (tl.dot)")
 
 
 def _blocks(L: int, block_m: int | None, block_n: int | None, default_m: int, default_n: int) -> tuple[int, int]:
@@ -449,18 +444,8 @@ def _prepare(q, k, v, scale):
     return float(_default_scale(q.shape[3]) if scale is None else scale)
 
 
-def _check_out(name: str, t: torch.Tensor, shape, dtype, device) -> None:
-    if t.shape != tuple(shape) or t.dtype != dtype or t.device != device:
-        raise ValueError(f"{name} must be {dtype} {tuple(shape)} on {device}, got {t.dtype} {tuple(t.shape)} "
-                         f"on {t.device}")
-
-
 def _stats_strides(m: torch.Tensor) -> tuple[int, int, int]:
     return m.stride(0), m.stride(1), m.stride(2)
-
-
-def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def causal_attention_fwd_triton(
@@ -486,20 +471,20 @@ def causal_attention_fwd_triton(
     Dv = v.shape[3]
     if out is None:
         out = torch.empty(B, H, L, Dv, dtype=q.dtype, device=q.device)
-    _check_out("out", out, (B, H, L, Dv), q.dtype, q.device)
+    check_out("out", out, (B, H, L, Dv), q.dtype, q.device)
     if stats is None:
         stats = (torch.empty(B, H, L, dtype=torch.float32, device=q.device),
                  torch.empty(B, H, L, dtype=torch.float32, device=q.device))
     m, lsum = stats
-    _check_out("stats[0]", m, (B, H, L), torch.float32, q.device)
-    _check_out("stats[1]", lsum, (B, H, L), torch.float32, q.device)
+    check_out("stats[0]", m, (B, H, L), torch.float32, q.device)
+    check_out("stats[1]", lsum, (B, H, L), torch.float32, q.device)
     if m.stride() != lsum.stride():
         raise ValueError("stats[0] and stats[1] must have the same strides")
     if B * H * L == 0:
         return out, m, lsum
     bm, bn = _blocks(L, block_m, block_n, 64, 32)
     grid = (B * H, triton.cdiv(L, bm))  # depends on shapes only
-    with _device_ctx(q):
+    with device_ctx(q):
         _fwd_kernel[grid](
             q, k, v, out, m, lsum,
             scale, H, L, Dk, Dv,
@@ -538,9 +523,9 @@ def causal_attention_bwd_triton(
     scale = _prepare(q, k, v, scale)
     B, H, L, Dk = q.shape
     Dv = v.shape[3]
-    _check_out("out", out, (B, H, L, Dv), q.dtype, q.device)
-    _check_out("m", m, (B, H, L), torch.float32, q.device)
-    _check_out("lsum", lsum, (B, H, L), torch.float32, q.device)
+    check_out("out", out, (B, H, L, Dv), q.dtype, q.device)
+    check_out("m", m, (B, H, L), torch.float32, q.device)
+    check_out("lsum", lsum, (B, H, L), torch.float32, q.device)
     if m.stride() != lsum.stride():
         raise ValueError("m and lsum must have the same strides")
     if grad_out.shape != out.shape or grad_out.device != q.device or not grad_out.is_floating_point():
@@ -553,9 +538,9 @@ def causal_attention_bwd_triton(
     else:
         dq, dk, dv = grads
         if need_dq:
-            _check_out("grads[0]", dq, q.shape, q.dtype, q.device)
-        _check_out("grads[1]", dk, k.shape, k.dtype, k.device)
-        _check_out("grads[2]", dv, v.shape, v.dtype, v.device)
+            check_out("grads[0]", dq, q.shape, q.dtype, q.device)
+        check_out("grads[1]", dk, k.shape, k.dtype, k.device)
+        check_out("grads[2]", dv, v.shape, v.dtype, v.device)
     if B * H * L == 0:
         if need_dq:
             dq.zero_()
@@ -567,7 +552,7 @@ def causal_attention_bwd_triton(
     block_dv = max(16, next_power_of_2(Dv))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
     delta = torch.empty(B, H, L, dtype=torch.float32, device=q.device)
-    with _device_ctx(q):
+    with device_ctx(q):
         pm = min(64, max(16, next_power_of_2(L)))
         _bwd_preprocess_kernel[(B * H, triton.cdiv(L, pm))](
             out, grad_out, delta, H, L, Dv,
@@ -633,7 +618,7 @@ def causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     0..i-1, i.e. queries 1..L-1 against keys 0..L-2 with the ordinary (inclusive) causal mask; row 0 is 0.
 
     Equal to the official formula in float32: the row sum of exp(s - max) is at least 1, so its +1e-10 is
-    below half an ulp and rounds away. No L x L tensor, and 2-4x the reference's speed on the CPU.
+    below half an ulp and rounds away. No L x L tensor (timings: docs/benchmarks.md).
     """
     scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
     out = q.new_zeros(*q.shape[:-1], v.shape[-1])
@@ -644,18 +629,12 @@ def causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sca
     return out
 
 
-def _plan(q, k, v, backend: str):
-    """(backend to run or None, why in words)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _check_inputs(q, k, v)
-    if backend == "torch":
-        return "torch", "requested explicitly"
-    if backend == "sdpa":
-        return "sdpa", "requested explicitly"
-    why = _dtype_unsupported_reason(q) or triton_unavailable_reason(q, k, v)
-    return choose_backend(backend, why, q.device, cpu_backend="sdpa",
-                          cpu_note="PyTorch's fused attention (no L x L tensor)")
+def choose_backend(q, k, v, backend: str = "auto", scale=None) -> Choice:
+    """The dispatch's :class:`Choice` (backend, reason) for these inputs; ValueError for bad inputs."""
+    _check_inputs(q, k, v, scale)
+    return choose(backend, BACKENDS, q.device,
+                  triton=lambda: _dtype_unsupported_reason(q) or triton_unavailable_reason(q, k, v),
+                  cpu="sdpa", cpu_note="PyTorch's fused attention (no L x L tensor)")
 
 
 def reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> str:
@@ -663,8 +642,7 @@ def reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "au
 
     Returns "<backend>: <why>", or "none: <why>" when an explicitly requested backend cannot run.
     """
-    chosen, why = _plan(q, k, v, backend)
-    return f"{chosen or 'none'}: {why}"
+    return str(choose_backend(q, k, v, backend))
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=None, *,
@@ -675,12 +653,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale=No
     "torch" (the literal reference), "sdpa" or "triton"; an explicit backend that cannot run raises RuntimeError with the reason.
     Differentiable on every backend.
     """
-    _check_inputs(q, k, v, scale)
-    chosen, why = _plan(q, k, v, backend)
-    if chosen is None:
-        raise RuntimeError(why)
+    chosen = choose_backend(q, k, v, backend, scale).require()
     if chosen == "triton":
-        return _CausalAttentionTriton.apply(q, k, v, scale, None, None)
+        return causal_attention_triton(q, k, v, scale)
     if chosen == "sdpa":
         return causal_attention_sdpa(q, k, v, scale)
     return causal_attention_reference(q, k, v, scale)

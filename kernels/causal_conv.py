@@ -18,7 +18,10 @@ This file holds, in order:
     autograd): the CPU path and the ground truth;
   - the Triton kernels (forward, grad_input, grad_weight), their launchers ``causal_conv2d_triton`` and
     ``causal_conv2d_backward_triton``, and the autograd function tying them together;
-  - the public dispatch ``causal_conv2d(..., backend=)`` and ``reason(...)``.
+  - the public dispatch ``causal_conv2d(..., backend=)``, ``choose_backend(...)`` and ``reason(...)``;
+  - the step form for the cached sampler, in causal-conv1d's style: ``causal_conv2d_init_state`` (the input
+    history and the weights laid out once), ``causal_conv2d_update`` (one position, or one row for "down")
+    and its plain reference ``causal_conv2d_update_ref``.
 
 Backends: "torch" (the reference), "triton" (CUDA, or the CPU under TRITON_INTERPRET=1 when asked for
 explicitly). "auto" takes Triton for CUDA tensors only and never sends CPU tensors to the interpreter.
@@ -34,13 +37,14 @@ nearest-even by hand and multiplied in float32: the same products, exactly.
 """
 from __future__ import annotations
 
-import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._triton import HAS_TRITON, choose_backend, next_power_of_2, triton_unavailable_reason
+from ._dispatch import Choice, check_out, choose, device_ctx, dtype_reason
+from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
     import triton
@@ -112,9 +116,7 @@ def causal_conv2d_reference(x, weight, bias=None, *, kind: str, concat_elu: bool
 
 
 def _dtype_unsupported_reason(x: torch.Tensor) -> str | None:
-    if x.dtype not in _TRITON_DTYPES:
-        return f"x has dtype {x.dtype}; the kernels take float32, float16 or bfloat16"
-    return None
+    return dtype_reason(x, _TRITON_DTYPES, "x")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,18 +374,6 @@ def _triton_check(what: str, *tensors: torch.Tensor) -> None:
         raise RuntimeError(f"the Triton causal-conv {what} kernel cannot run: {why}")
 
 
-def _check_out(name: str, buf: torch.Tensor, shape, dtype, device) -> None:
-    if not isinstance(buf, torch.Tensor) or tuple(buf.shape) != tuple(shape) or buf.dtype != dtype \
-            or buf.device != device:
-        got = (f"{buf.dtype} {tuple(buf.shape)} on {buf.device}" if isinstance(buf, torch.Tensor)
-               else type(buf).__name__)
-        raise ValueError(f"{name} must be {dtype} {tuple(shape)} on {device}, got {got}")
-
-
-def _launch_context(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _dot_mode(t: torch.Tensor) -> tuple[str, bool]:
     """(DOT, EMULATE) for the kernels: the operand dtype and whether the interpreter must emulate it."""
     return _TRITON_DTYPES[t.dtype], t.device.type == "cpu"
@@ -405,7 +395,7 @@ def causal_conv2d_triton(x, weight, bias=None, *, kind: str, concat_elu: bool = 
     if out is None:
         out = torch.empty(N, O, H, W, dtype=x.dtype, device=x.device)
     else:
-        _check_out("out", out, (N, O, H, W), x.dtype, x.device)
+        check_out("out", out, (N, O, H, W), x.dtype, x.device)
     npix = N * H * W
     if npix == 0 or O == 0:
         return out
@@ -416,7 +406,7 @@ def causal_conv2d_triton(x, weight, bias=None, *, kind: str, concat_elu: bool = 
     dot, emulate = _dot_mode(x)
     _, pad_l = _padding(kind, fh, fw)
     grid = (triton.cdiv(npix, block_m), triton.cdiv(O, block_o))
-    with _launch_context(x):
+    with device_ctx(x):
         _causal_conv_fwd_kernel[grid](
             x, weight, bias if bias is not None else out, out,
             npix, C, H, W, O,
@@ -475,7 +465,7 @@ def causal_conv2d_backward_triton(grad_out, x, weight, *, kind: str, concat_elu:
         if out_x is None:
             gx = torch.empty(N, C, H, W, dtype=x.dtype, device=x.device)
         else:
-            _check_out("out[0] (grad_x)", out_x, (N, C, H, W), x.dtype, x.device)
+            check_out("out[0] (grad_x)", out_x, (N, C, H, W), x.dtype, x.device)
             gx = out_x
         if O == 0:
             gx.zero_()
@@ -484,7 +474,7 @@ def causal_conv2d_backward_triton(grad_out, x, weight, *, kind: str, concat_elu:
             block_c = min(64, max(16, next_power_of_2(C)))
             block_o = min(red_block, max(16, next_power_of_2(O)))
             grid = (triton.cdiv(npix, block_m), triton.cdiv(C, block_c))
-            with _launch_context(x):
+            with device_ctx(x):
                 _causal_conv_bwd_input_kernel[grid](
                     grad_out, x, weight, gx,
                     npix, C, H, W, O,
@@ -497,7 +487,7 @@ def causal_conv2d_backward_triton(grad_out, x, weight, *, kind: str, concat_elu:
         if out_w is None:
             gw = torch.empty(O, cin, fh, fw, dtype=weight.dtype, device=x.device)
         else:
-            _check_out("out[1] (grad_weight)", out_w, (O, cin, fh, fw), weight.dtype, x.device)
+            check_out("out[1] (grad_weight)", out_w, (O, cin, fh, fw), weight.dtype, x.device)
             gw = out_w
         if npix == 0:
             gw.zero_()
@@ -512,7 +502,7 @@ def causal_conv2d_backward_triton(grad_out, x, weight, *, kind: str, concat_elu:
             n_split = triton.cdiv(npix, pix_per_split)  # no empty chunks
             part = torch.empty(n_split, O, cin, fh, fw, dtype=torch.float32, device=x.device)
             grid = (triton.cdiv(O, block_o), triton.cdiv(C, block_c), fh * fw * n_split)
-            with _launch_context(x):
+            with device_ctx(x):
                 _causal_conv_bwd_weight_kernel[grid](
                     grad_out, x, part,
                     npix, C, H, W, O, pix_per_split,
@@ -527,7 +517,7 @@ def causal_conv2d_backward_triton(grad_out, x, weight, *, kind: str, concat_elu:
         if out_b is None:
             gb = sums.to(x.dtype)
         else:
-            _check_out("out[2] (grad_bias)", out_b, (O,), x.dtype, x.device)
+            check_out("out[2] (grad_bias)", out_b, (O,), x.dtype, x.device)
             gb = out_b.copy_(sums)
     return gx, gw, gb
 
@@ -556,24 +546,18 @@ class _CausalConv2dTriton(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------
 # Public dispatch
 # ----------------------------------------------------------------------------------------------------
-def _plan(x, weight, bias, kind: str, concat_elu: bool, backend: str):
-    """(backend to run or None, why in words)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def choose_backend(x, weight, bias=None, *, kind: str, concat_elu: bool = False, backend: str = "auto") -> Choice:
+    """The dispatch's :class:`Choice` (backend, reason) for these inputs; ValueError for bad inputs."""
     _check_inputs(x, weight, bias, kind, concat_elu)
     tensors = (x, weight) if bias is None else (x, weight, bias)
-
-    if backend == "torch":
-        return "torch", "requested explicitly"
-    why = _dtype_unsupported_reason(x) or triton_unavailable_reason(*tensors)
-    return choose_backend(backend, why, x.device)
+    return choose(backend, BACKENDS, x.device,
+                  triton=lambda: _dtype_unsupported_reason(x) or triton_unavailable_reason(*tensors))
 
 
 def reason(x, weight, *, kind, concat_elu=False, backend="auto") -> str:
     """Which backend ``causal_conv2d(x, weight, kind=kind, concat_elu=concat_elu, backend=backend)``
     would run, and why: "<backend>: <why>", or "none: <why>" when an explicit backend cannot run."""
-    chosen, why = _plan(x, weight, None, kind, concat_elu, backend)
-    return f"{chosen or 'none'}: {why}"
+    return str(choose_backend(x, weight, kind=kind, concat_elu=concat_elu, backend=backend))
 
 
 def causal_conv2d(x, weight, bias=None, *, kind: str, concat_elu: bool = False,
@@ -585,9 +569,170 @@ def causal_conv2d(x, weight, bias=None, *, kind: str, concat_elu: bool = False,
     backend: "auto" (Triton for CUDA tensors, PyTorch elsewhere), "torch" or "triton"; an explicit
     backend that cannot run raises RuntimeError with the reason. Differentiable on every backend.
     """
-    chosen, why = _plan(x, weight, bias, kind, concat_elu, backend)
-    if chosen is None:
-        raise RuntimeError(why)
-    if chosen == "triton":
+    if choose_backend(x, weight, bias, kind=kind, concat_elu=concat_elu, backend=backend).require() == "triton":
         return _CausalConv2dTriton.apply(x, weight, bias, kind, bool(concat_elu))
     return causal_conv2d_reference(x, weight, bias, kind=kind, concat_elu=concat_elu)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Step form: one position (or one row) at a time, for the cached sampler
+# ----------------------------------------------------------------------------------------------------
+# The full op's output at raster position p = y * W + x, computed from the inputs seen so far. Step tensors are
+# channels-last: a position is [B, C], a row [B, W, C]. "down" layers see only the rows above and their own row,
+# whole: they step a row at a time (x_t = input row y, pos = y * W, output row y [B, W, O]); "down_right" layers
+# step a position at a time (x_t = input at pos [B, C], output there [B, O]). Steps come in raster order.
+# ``causal_conv2d_update`` is the fast form (weights laid out once, whole-row products shared by a row's
+# pixels); ``causal_conv2d_update_ref`` the plain one (the filter applied to the window of the input history).
+# A state is advanced by one of the two only.
+
+# Whole rows at once (the u stream, and the rows above in the ul stream) go through oneDNN's convolution when
+# batch x width reaches this many outputs, else through one GEMM on the gathered windows (docs/benchmarks.md).
+# Both give the same numbers up to float32 rounding.
+ROWS_BY_CONV_MIN = 128
+
+
+@dataclass
+class CausalConvState:
+    """Step state of a causal convolution on a map ``width`` wide (see :func:`causal_conv2d_init_state`).
+
+    ``rows`` [B, kh, left + width + right, C']: the last kh rows of the input (concat_elu applied when the op fuses
+    it: C' = 2C), zero in the padding columns; the rows above row 0 are zeros, as the padding. ``weight`` [O, C', kh,
+    kw] and ``bias`` as given (the reference reads these). The fast form applies the filter rows that see whole rows
+    (all kh in row mode, "down"; the kh - 1 above in pixel mode, "down_right") as ``row_w`` [O, C', n, kw]
+    (convolution) or ``row_wt`` [n*kw*C', O] on ``row_windows`` [B, W, n, kw, C']. Pixel mode applies them once
+    per row into ``row_base`` [B, W, O] (with the bias and the caller's row_extra), and the current row's filter
+    ``weight_t`` [kw*C', O] at each pixel. ``slots`` (where an input goes), ``windows`` (what the current-row filter
+    sees) and ``bases`` are views made once, so that a step indexes Python lists, not tensors. ``extra`` [B, W, O]:
+    the reference's copy of the row's row_extra.
+    """
+
+    kind: str
+    concat_elu: bool
+    width: int
+    rows: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    sign: torch.Tensor  # [[1], [-1]]: writes [x, -x] in one multiplication
+    by_conv: bool  # whole rows through F.conv2d with row_w (else addmm with row_wt on row_windows)
+    row_w: torch.Tensor | None
+    row_wt: torch.Tensor | None
+    row_windows: torch.Tensor | None  # None when no filter row applies to whole rows (pixel mode, kh = 1)
+    weight_t: torch.Tensor | None
+    row_base: torch.Tensor | None
+    extra: torch.Tensor | None
+    slots: list[torch.Tensor]  # down: [the current row [B, W, (2,) C]]; down_right: per column [B, (2,) C]
+    windows: list[torch.Tensor]  # down_right: per column [B, kw*C']
+    bases: list[torch.Tensor]  # down_right: row_base[:, x] per column
+
+
+def causal_conv2d_init_state(weight: torch.Tensor, bias: torch.Tensor, batch: int, width: int, *, kind: str,
+                             concat_elu: bool = False) -> CausalConvState:
+    """Step state of ``causal_conv2d(x, weight, bias, kind=kind, concat_elu=concat_elu)`` for ``batch`` maps
+    ``width`` wide: the input history (zeros) and the weights in the layouts the fast step needs. Tracks no
+    gradients; runs inside a CUDA-graph capture too (no host-to-device copy)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    w = weight.detach()
+    o, cin, kh, kw = w.shape
+    if concat_elu and cin % 2:
+        raise ValueError(f"concat_elu doubles the channels: {cin} input channels cannot take it")
+    if kind == "down" and kw % 2 == 0:
+        raise ValueError(f"a 'down' convolution needs an odd filter width (got {kw})")
+    pixel = kind == "down_right"
+    left, right = (kw - 1, 0) if pixel else ((kw - 1) // 2, (kw - 1) // 2)
+    rows = w.new_zeros(batch, kh, left + width + right, cin)
+    wp = rows.shape[2]
+    n = kh - 1 if pixel else kh  # filter rows applied to whole rows
+
+    def slot(t):  # [..., C'] -> [..., 2, C] for the [x, -x] write
+        return t.unflatten(-1, (2, cin // 2)) if concat_elu else t
+
+    def transposed(m):  # [O, C', rows, kw] -> [rows*kw*C', O] (a transposed view of a contiguous [O, I])
+        return m.permute(0, 2, 3, 1).reshape(o, -1).contiguous().t()
+
+    by_conv = batch * width >= ROWS_BY_CONV_MIN  # one of the two layouts of the whole-row filter rows is kept
+    sign = w.new_ones(2, 1)
+    sign[1] = -1.0  # a fill, not a host-to-device copy
+    state = CausalConvState(
+        kind, bool(concat_elu), width, rows, w, bias.detach().clone(), sign, by_conv,
+        w[:, :, :n].contiguous() if n and by_conv else None, transposed(w[:, :, :n]) if n and not by_conv else None,
+        rows.as_strided((batch, width, n, kw, cin), (kh * wp * cin, cin, wp * cin, cin, 1)) if n else None,
+        None, None, None, [slot(rows[:, -1, left:left + width])], [], [])
+    if pixel:
+        state.weight_t = transposed(w[:, :, -1:])
+        state.row_base = w.new_zeros(batch, width, o)
+        state.extra = w.new_zeros(batch, width, o)
+        state.slots = [slot(rows[:, -1, x + kw - 1]) for x in range(width)]
+        state.windows = [rows[:, -1, x:x + kw].view(batch, -1) for x in range(width)]
+        state.bases = [state.row_base[:, x] for x in range(width)]
+    return state
+
+
+def _shift_rows(st: CausalConvState) -> None:
+    for i in range(st.rows.shape[1] - 1):  # the window moves down one row
+        st.rows[:, i].copy_(st.rows[:, i + 1])
+
+
+def _put(st: CausalConvState, slot: torch.Tensor, x: torch.Tensor) -> None:
+    """slot <- concat_elu(x) (slot viewed [..., 2, C]) or x."""
+    if st.concat_elu:
+        torch.mul(x.unsqueeze(-2), st.sign, out=slot)
+        F.elu(slot, inplace=True)
+    else:
+        slot.copy_(x)
+
+
+def _whole_rows(st: CausalConvState) -> torch.Tensor:
+    """The whole-row filter rows over every column: [B, W, O]."""
+    b, w = st.rows.shape[0], st.width
+    if st.by_conv:  # rows is NHWC: as NCHW it is a channels-last tensor, and so is the output
+        y = F.conv2d(st.rows[:, :st.row_windows.shape[2]].permute(0, 3, 1, 2), st.row_w, st.bias)
+        return y.permute(0, 2, 3, 1).reshape(b, w, -1)
+    return torch.addmm(st.bias, st.row_windows.reshape(b * w, -1), st.row_wt).view(b, w, -1)
+
+
+def causal_conv2d_update(state: CausalConvState, x_t: torch.Tensor, pos: int,
+                         row_extra: torch.Tensor | None = None) -> torch.Tensor:
+    """One step of the fast form (see above): "down": input row x_t [B, W, C] at pos = y * W -> output row
+    [B, W, O]; "down_right": input x_t [B, C] at raster position pos -> output there [B, O]. ``row_extra``
+    [B, W, O] ("down_right", read when a row starts, x = 0) is added to every output of that row."""
+    st = state
+    if st.kind == "down":
+        _shift_rows(st)
+        _put(st, st.slots[0], x_t)
+        return _whole_rows(st)
+    x = pos % st.width
+    if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
+        _shift_rows(st)
+        if st.row_windows is None:  # no rows above (kh = 1)
+            st.row_base.copy_(st.bias.expand_as(st.row_base))
+        else:
+            st.row_base.copy_(_whole_rows(st))
+        if row_extra is not None:
+            st.row_base += row_extra
+    _put(st, st.slots[x], x_t)
+    return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
+
+
+def causal_conv2d_update_ref(state: CausalConvState, x_t: torch.Tensor, pos: int,
+                             row_extra: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`causal_conv2d_update`, plainly: the input history takes x_t (concat_elu applied), and the output is the
+    filter applied to its window (F.conv2d over the kh rows for a row, a sum over the kh x kw window for a pixel)."""
+    st = state
+    xin = F.elu(torch.cat([x_t, -x_t], dim=-1)) if st.concat_elu else x_t
+    kh, kw = st.weight.shape[2:]
+    if st.kind == "down":
+        _shift_rows(st)
+        left = (kw - 1) // 2
+        st.rows[:, -1, left:left + st.width] = xin
+        y = F.conv2d(st.rows.permute(0, 3, 1, 2), st.weight, st.bias)  # [B, O, 1, W]
+        return y[:, :, 0].transpose(1, 2)
+    x = pos % st.width
+    if x == 0:
+        _shift_rows(st)
+        st.extra.zero_()
+        if row_extra is not None:
+            st.extra.copy_(row_extra)
+    st.rows[:, -1, x + kw - 1] = xin
+    window = st.rows[:, :, x:x + kw]  # [B, kh, kw, C']
+    return torch.einsum("bhwc,ochw->bo", window, st.weight) + st.bias + st.extra[:, x]

@@ -35,12 +35,12 @@ products, softmax and the weighted sum are float32 (no tl.dot: one query row, th
 """
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 
-from ._triton import HAS_TRITON, choose_backend, next_power_of_2, triton_unavailable_reason
+from ._dispatch import Choice, check_out, check_pow2, choose, device_ctx, dtype_reason
+from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
     import triton
@@ -122,7 +122,10 @@ def decode_attention_reference(q: torch.Tensor, keys_t: torch.Tensor, inputs: to
     pos an int or a 0-d / 1-element integer tensor in [1, L] (read back: a sync on CUDA). -> [B, H, C] in
     q's dtype."""
     _check_inputs(q, keys_t, inputs, pos)
-    p = _pos_value(pos, keys_t.shape[3])
+    return _reference(q, keys_t, inputs, _pos_value(pos, keys_t.shape[3]))
+
+
+def _reference(q: torch.Tensor, keys_t: torch.Tensor, inputs: torch.Tensor, p: int) -> torch.Tensor:
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = torch.matmul(q.to(compute)[:, :, None, :], keys_t[..., :p].to(compute))  # [B, H, 1, p]
     probs = torch.softmax(scores, dim=-1)[:, :, 0]  # [B, H, p]
@@ -245,12 +248,6 @@ class DecodePlan(NamedTuple):
     block_s: int  # next power of two >= num_splits (the combine kernel)
 
 
-def _check_pow2(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 1, got {value!r}")
-    return value
-
-
 def decode_plan(B: int, H: int, L: int, C: int, dk: int, *, num_splits: int | None = None,
                 block_n: int | None = None) -> DecodePlan:
     """Block sizes and splits for B samples, H heads, a cache of L positions, inputs of C channels, keys of dk.
@@ -270,26 +267,14 @@ def decode_plan(B: int, H: int, L: int, C: int, dk: int, *, num_splits: int | No
     wanted_len = -(-L // num_splits)
     if block_n is None:
         block_n = min(64, max(4, MAX_TILE // block_c), next_power_of_2(wanted_len))
-    _check_pow2("block_n", block_n)
+    check_pow2("block_n", block_n)
     split_len = -(-wanted_len // block_n) * block_n
     splits = -(-L // split_len)
     return DecodePlan(splits, split_len, block_n, next_power_of_2(dk), block_c, next_power_of_2(splits))
 
 
 def _dtype_unsupported_reason(q: torch.Tensor) -> str | None:
-    if q.dtype not in _KERNEL_DTYPES:
-        return f"inputs have dtype {q.dtype}; the kernel takes float32, float16 or bfloat16"
-    return None
-
-
-def _check_out(name: str, t: torch.Tensor, shape, dtype, device) -> None:
-    if not isinstance(t, torch.Tensor) or t.shape != tuple(shape) or t.dtype != dtype or t.device != device:
-        got = f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be {dtype} {tuple(shape)} on {device}, got {got}")
-
-
-def _device_ctx(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+    return dtype_reason(q, _KERNEL_DTYPES, "q")
 
 
 def decode_attention_triton(
@@ -321,7 +306,7 @@ def decode_attention_triton(
     plan = decode_plan(B, H, L, C, dk, num_splits=num_splits, block_n=block_n)
     if out is None:
         out = torch.empty(B, H, C, dtype=q.dtype, device=q.device)
-    _check_out("out", out, (B, H, C), q.dtype, q.device)
+    check_out("out", out, (B, H, C), q.dtype, q.device)
     if not isinstance(pos, torch.Tensor):
         pos = torch.tensor([pos], dtype=torch.int32, device=q.device)
     if B * H == 0:
@@ -336,13 +321,13 @@ def decode_attention_triton(
                          torch.empty(B * H, S, dtype=torch.float32, device=q.device),
                          torch.empty(B * H, S, C, dtype=torch.float32, device=q.device))
         part_m, part_l, part_acc = workspace
-        _check_out("workspace[0]", part_m, (B * H, S), torch.float32, q.device)
-        _check_out("workspace[1]", part_l, (B * H, S), torch.float32, q.device)
-        _check_out("workspace[2]", part_acc, (B * H, S, C), torch.float32, q.device)
+        check_out("workspace[0]", part_m, (B * H, S), torch.float32, q.device)
+        check_out("workspace[1]", part_l, (B * H, S), torch.float32, q.device)
+        check_out("workspace[2]", part_acc, (B * H, S, C), torch.float32, q.device)
         if part_m.stride() != part_l.stride():
             raise ValueError("workspace[0] and workspace[1] must have the same strides")
         pm_strides, pa_strides = part_m.stride(), part_acc.stride()
-    with _device_ctx(q):
+    with device_ctx(q):
         _decode_split_kernel[(B * H, S)](
             q, keys_t, inputs, pos, part_m, part_l, part_acc, out,
             H, L, dk, C, plan.split_len,
@@ -365,16 +350,14 @@ def decode_attention_triton(
 # ----------------------------------------------------------------------------------------------------
 # Public dispatch
 # ----------------------------------------------------------------------------------------------------
-def _plan(q, keys_t, inputs, pos, backend: str):
-    """(backend to run or None, why in words)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def choose_backend(q, keys_t, inputs, pos=1, backend: str = "auto") -> Choice:
+    """The dispatch's :class:`Choice` for these inputs (a decode loop decides once, then passes
+    ``backend=choice.backend`` at every step). Does not depend on the value of pos."""
     _check_inputs(q, keys_t, inputs, pos)
-    if backend == "torch":
-        return "torch", "requested explicitly"
     tensors = (q, keys_t, inputs, pos) if isinstance(pos, torch.Tensor) else (q, keys_t, inputs)
-    why = _dtype_unsupported_reason(q) or triton_unavailable_reason(*tensors)
-    return choose_backend(backend, why, q.device, cpu_note="the PyTorch reference")
+    return choose(backend, BACKENDS, q.device,
+                  triton=lambda: _dtype_unsupported_reason(q) or triton_unavailable_reason(*tensors),
+                  cpu_note="the PyTorch reference")
 
 
 def reason(q: torch.Tensor, keys_t: torch.Tensor, inputs: torch.Tensor, pos=1, backend: str = "auto") -> str:
@@ -383,8 +366,7 @@ def reason(q: torch.Tensor, keys_t: torch.Tensor, inputs: torch.Tensor, pos=1, b
     Returns "<backend>: <why>", or "none: <why>" when an explicitly requested backend cannot run. The choice
     does not depend on the value of pos (the default 1 is only there to make it optional).
     """
-    chosen, why = _plan(q, keys_t, inputs, pos, backend)
-    return f"{chosen or 'none'}: {why}"
+    return str(choose_backend(q, keys_t, inputs, pos, backend))
 
 
 def decode_attention(q: torch.Tensor, keys_t: torch.Tensor, inputs: torch.Tensor, pos, *,
@@ -396,10 +378,8 @@ def decode_attention(q: torch.Tensor, keys_t: torch.Tensor, inputs: torch.Tensor
     reads it back). backend: "auto" (Triton on CUDA, the reference elsewhere), "torch" or "triton"; an
     explicit backend that cannot run raises RuntimeError with the reason. No autograd.
     """
-    chosen, why = _plan(q, keys_t, inputs, pos, backend)
-    if chosen is None:
-        raise RuntimeError(why)
+    chosen = choose_backend(q, keys_t, inputs, pos, backend).require()  # (checks the inputs)
     with torch.no_grad():
         if chosen == "triton":
             return decode_attention_triton(q, keys_t, inputs, pos)
-        return decode_attention_reference(q, keys_t, inputs, pos)
+        return _reference(q, keys_t, inputs, _pos_value(pos, keys_t.shape[3]))

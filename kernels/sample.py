@@ -22,9 +22,13 @@ draws its first NaN. -inf logits are fine (a row of -inf draws code 0).
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
+
+from . import _ext
+from ._dispatch import Choice, choose
 
 BACKENDS = ("auto", "torch", "ext")
 
@@ -88,11 +92,13 @@ def _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_ou
     if not (logits.device == noise.device == codebook.device):
         raise ValueError(f"logits, noise and codebook must be on one device, got {logits.device}, {noise.device}, "
                          f"{codebook.device}")
-    if temperature <= 0:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise ValueError(f"temperature must be a Python number, got {type(temperature).__name__}")
+    if not temperature > 0:
         raise ValueError(f"temperature must be positive (got {temperature})")
     k = logits.shape[1]
-    if top_k is not None and not 1 <= top_k <= k:
-        raise ValueError(f"top_k must be in [1, {k}] (got {top_k})")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= k):
+        raise ValueError(f"top_k must be None or an int in [1, {k}] (got {top_k!r})")
     n, d = logits.shape[0], codebook.shape[1]
     if codes_out is not None and (not isinstance(codes_out, torch.Tensor) or codes_out.shape != (n,)
                                   or codes_out.dtype != torch.int64 or codes_out.device != logits.device):
@@ -103,91 +109,35 @@ def _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_ou
 
 
 # ----------------------------------------------------------------------------------------------------
-# C++ extension (kernels/_ext.py, optional)
-# ----------------------------------------------------------------------------------------------------
-def _load_ext():
-    from . import _ext
-
-    return _ext
-
-
-def _ext_unavailable_reason(logits, noise, codebook, temperature=1.0, top_k=None, codes_out=None,
-                            emb_out=None) -> str | None:
-    """None when the extension's op can take these inputs, else why not (in words)."""
-    ext = _load_ext()
-    if not ext.available():
-        return ext.why_unavailable() or "the C++ extension is not available"
-    device = logits.device
-    if device.type == "cuda":
-        why = ext.why_no_cuda()
-        if why is not None:
-            return why
-    elif device.type != "cpu":
-        return f"the C++ extension runs on the CPU and CUDA only, tensors are on {device}"
-    try:
-        ext.check_sample_step(logits, noise, codebook, temperature, top_k)
-        ext.check_sample_outs(codes_out, emb_out, logits.shape[0], codebook.shape[1], device)
-    except ValueError as exc:
-        return f"the C++ op cannot take these inputs ({str(exc).removeprefix('sample_step: ')})"
-    if ext.temperature_scaling(temperature, device) is None:
-        return (f"torch's rounding of logits / {temperature} on {device} matches none of the native op's "
-                f"(division, or product with a float32 reciprocal)")
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------
 # Public dispatch
 # ----------------------------------------------------------------------------------------------------
-def _plan(logits, noise, codebook, temperature, top_k, backend, codes_out=None, emb_out=None):
-    """(backend to run or None, why in words)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
-        return "torch", "requested explicitly"
-    if backend == "auto" and logits.device.type == "cuda":
-        # The CUDA op compiles (sm_80/sm_90) but has not been run on a GPU yet: auto keeps PyTorch there until it is
-        # measured (docs/benchmarks.md); backend="ext" uses it. (Decided before the extension's temperature probe,
-        # which syncs the device: a CUDA-graph capture of the sampler must not meet it.)
-        _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
-        return "torch", "the CUDA op of the extension is not yet validated on a GPU (backend='ext' runs it)"
-    why = _ext_unavailable_reason(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
-    if why is not None:  # (the extension's checks include these: inputs it takes pass them)
-        _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
-    if backend == "ext":
-        if why is not None:
-            return None, f"backend='ext' was requested but cannot run: {why}"
-        return "ext", f"requested explicitly; runs on {logits.device}"
-    if why is None:
-        return "ext", f"the C++ extension's fused op takes these inputs (on {logits.device.type})"
-    _load_ext().warn_once()  # says once per process why the extension is not used (if it is missing)
-    return "torch", f"the C++ op cannot run: {why}"
+def choose_backend(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0,
+                   top_k: int | None = None, backend: str = "auto", *, codes_out: torch.Tensor | None = None,
+                   emb_out: torch.Tensor | None = None) -> Choice:
+    """The dispatch's :class:`Choice` for inputs like these (a loop decides once, then runs
+    ``step_function(choice.require())``). Raises ValueError for bad inputs on every backend.
+
+    Auto takes the extension when it can take the inputs on the CPU; on CUDA its kernel runs only when asked
+    for (``_dispatch.OPT_IN_ON_CUDA``), which also keeps auto from the extension's temperature probe (a device
+    sync: a CUDA-graph capture of the sampler must not meet it)."""
+    _check_inputs(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
+    return choose(backend, BACKENDS, logits.device, on_ext_missing=_ext.warn_once,
+                  ext=lambda: _ext.sample_step_unsupported(logits, noise, codebook, temperature, top_k, codes_out,
+                                                           emb_out))
 
 
 def reason(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0,
            top_k: int | None = None, backend: str = "auto") -> str:
     """Which backend ``sample_step(logits, noise, codebook, temperature, top_k, backend=backend)`` would run, and
     why. Returns "<backend>: <why>", or "none: <why>" when an explicitly requested backend cannot run."""
-    chosen, why = _plan(logits, noise, codebook, temperature, top_k, backend)
-    return f"{chosen or 'none'}: {why}"
-
-
-def choose_backend(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tensor, temperature: float = 1.0,
-                   top_k: int | None = None, backend: str = "auto", *, codes_out: torch.Tensor | None = None,
-                   emb_out: torch.Tensor | None = None) -> str:
-    """The backend ("torch" or "ext") that ``sample_step`` runs for inputs like these (for loops that decide once);
-    raises RuntimeError when an explicitly requested backend cannot run."""
-    chosen, why = _plan(logits, noise, codebook, temperature, top_k, backend, codes_out, emb_out)
-    if chosen is None:
-        raise RuntimeError(why)
-    return chosen
+    return str(choose_backend(logits, noise, codebook, temperature, top_k, backend))
 
 
 def step_function(backend: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """The implementation behind a chosen backend ("torch" or "ext", from :func:`choose_backend`), with
-    ``sample_step``'s signature less ``backend``. The ext one still validates its inputs; no dispatch is repeated."""
+    ``sample_step``'s signature less ``backend``; it checks nothing (the choice did)."""
     if backend == "ext":
-        return _load_ext().sample_step
+        return _ext.sample_step
     if backend == "torch":
         return sample_step_reference
     raise ValueError(f"step_function takes 'torch' or 'ext', got {backend!r}")
@@ -204,11 +154,10 @@ def sample_step(logits: torch.Tensor, noise: torch.Tensor, codebook: torch.Tenso
     None. backend: "auto" (the extension when it can take the inputs, else PyTorch), "torch" or "ext"; an explicit
     backend that cannot run raises RuntimeError with the reason. Outputs carry no autograd history.
     """
-    chosen, why = _plan(logits, noise, codebook, temperature, top_k, backend, codes_out, emb_out)
-    if chosen is None:
-        raise RuntimeError(why)
-    if chosen == "ext":  # already validated by the plan; the op writes no autograd history
-        return _load_ext()._sample_step_checked(logits, noise, codebook, temperature, top_k, codes_out, emb_out)
+    chosen = choose_backend(logits, noise, codebook, temperature, top_k, backend, codes_out=codes_out,
+                            emb_out=emb_out).require()
+    if chosen == "ext":  # the op writes no autograd history
+        return _ext.sample_step(logits, noise, codebook, temperature, top_k, codes_out=codes_out, emb_out=emb_out)
     with torch.no_grad():
         return sample_step_reference(logits.detach(), noise.detach(), codebook.detach(), temperature, top_k,
                                      codes_out=codes_out, emb_out=emb_out)

@@ -19,10 +19,10 @@ NaN inputs: the reference follows torch.argmin (a NaN distance wins); the kernel
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from . import _ext
+from ._dispatch import Choice, check_out, check_pow2, choose, device_ctx, dtype_reason
 from ._triton import HAS_TRITON, next_power_of_2, triton_unavailable_reason
 
 if HAS_TRITON:
@@ -84,10 +84,7 @@ def _check_inputs(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor |
 
 
 def _dtype_unsupported_reason(z: torch.Tensor, codebook: torch.Tensor) -> str | None:
-    for name, t in (("z", z), ("codebook", codebook)):
-        if t.dtype not in _FLOAT_DTYPES:
-            return f"{name} has dtype {t.dtype}; the kernel takes float32, float16, bfloat16 or float64"
-    return None
+    return dtype_reason(z, _FLOAT_DTYPES, "z") or dtype_reason(codebook, _FLOAT_DTYPES, "codebook")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -172,12 +169,6 @@ if HAS_TRITON:
             tl.store(emb_ptr + rows[:, None] * stride_en + offs_d[None, :] * stride_ed, et, mask=mask)
 
 
-def _check_block(name: str, value: int) -> int:
-    if not isinstance(value, int) or value < 1 or value & (value - 1):
-        raise ValueError(f"{name} must be a positive power of two, got {value!r}")
-    return value
-
-
 def nearest_code_triton(
     z: torch.Tensor,
     codebook: torch.Tensor,
@@ -216,13 +207,8 @@ def nearest_code_triton(
         idx = torch.empty(lead, dtype=torch.int64, device=z.device)
         emb = torch.empty(*lead, D, dtype=codebook.dtype, device=z.device)
     else:
-        idx, emb = out
-        if idx.shape != lead or idx.dtype != torch.int64 or idx.device != z.device:
-            raise ValueError(f"out[0] must be int64 {tuple(lead)} on {z.device}, got {idx.dtype} "
-                             f"{tuple(idx.shape)} on {idx.device}")
-        if emb.shape != (*lead, D) or emb.dtype != codebook.dtype or emb.device != z.device:
-            raise ValueError(f"out[1] must be {codebook.dtype} {(*lead, D)} on {z.device}, got {emb.dtype} "
-                             f"{tuple(emb.shape)} on {emb.device}")
+        idx = check_out("out[0]", out[0], lead, torch.int64, z.device)
+        emb = check_out("out[1]", out[1], (*lead, D), codebook.dtype, z.device)
     try:  # the kernel writes through these 1-D / 2-D views, so they must be views, not copies
         idx1 = idx.view(-1)
         emb2 = emb.view(-1, D)
@@ -231,8 +217,8 @@ def nearest_code_triton(
     if N == 0:
         return idx, emb
 
-    block_n = _check_block("block_n", block_n if block_n is not None else min(64, max(16, next_power_of_2(N))))
-    block_k = _check_block("block_k", block_k if block_k is not None else min(64, max(16, next_power_of_2(K))))
+    block_n = check_pow2("block_n", block_n if block_n is not None else min(64, max(16, next_power_of_2(N))))
+    block_k = check_pow2("block_k", block_k if block_k is not None else min(64, max(16, next_power_of_2(K))))
     use_dot = block_n >= 16 and block_k >= 16
     if block_d is None:
         # <= 32: with 64 x 64 tiles and 8 warps the sm_90 build then needs 170 registers and no spills
@@ -240,11 +226,11 @@ def nearest_code_triton(
         block_d = min(32, next_power_of_2(D))
         if use_dot:
             block_d = max(16, block_d)  # pad small D up to what tl.dot takes (masked loads read zeros)
-    block_d = _check_block("block_d", block_d)
+    block_d = check_pow2("block_d", block_d)
     use_dot = use_dot and block_d >= 16
 
     grid = (triton.cdiv(N, block_n),)  # depends on shapes only, never on data
-    with torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext():
+    with device_ctx(z):
         _nearest_code_kernel[grid](
             z2, codebook, norms, idx1, emb2,
             N, K, D,
@@ -261,88 +247,47 @@ def nearest_code_triton(
 # ----------------------------------------------------------------------------------------------------
 # C++ extension (kernels/_ext.py, optional)
 # ----------------------------------------------------------------------------------------------------
-def _load_ext():
-    """(module, None) or (None, why). ``_ext`` itself never fails to import (it guards ``pyinpaint._C``)."""
-    from . import _ext
-
-    return _ext, None
-
-
 def _ext_unavailable_reason(z: torch.Tensor, codebook: torch.Tensor) -> str | None:
-    ext, why = _load_ext()
-    if ext is None:
-        return why
-    if not ext.available():
-        return ext.why_unavailable() or "the C++ extension is not available"
-    device = z.device.type
-    if device == "cpu":
+    """None when the extension's op takes these inputs, else why not (in words)."""
+    if not _ext.available():
+        return _ext.why_unavailable()
+    if z.device.type == "cpu":
         if z.dtype != torch.float32 or codebook.dtype != torch.float32:
             return f"the C++ extension takes float32 only on the CPU (z is {z.dtype}, codebook is {codebook.dtype})"
-    elif device == "cuda":
-        why_no_cuda = getattr(ext, "why_no_cuda", None)
-        if callable(why_no_cuda):
-            why = why_no_cuda()
-        else:
-            has_cuda = getattr(ext, "has_cuda", None)
-            why = None if callable(has_cuda) and has_cuda() else "the C++ extension was built without CUDA"
+    elif z.device.type == "cuda":
+        why = _ext.why_no_cuda()
         if why is not None:
             return why
         if z.dtype not in (torch.float32, torch.float16) or codebook.dtype != z.dtype:
             return (f"the C++ extension takes float32 or float16 (z and codebook alike) on CUDA "
                     f"(z is {z.dtype}, codebook is {codebook.dtype})")
     else:
-        return f"the C++ extension runs on the CPU and CUDA only, tensors are on {device}"
+        return f"the C++ extension runs on the CPU and CUDA only, tensors are on {z.device.type}"
     return None
 
 
 def _nearest_code_ext(z, codebook, norms):
-    ext, _ = _load_ext()
     D = codebook.shape[1]
     lead = z.shape[:-1]
     z2 = z.reshape(-1, D).contiguous()
     if norms is None:
         norms = code_norms(codebook)
-    idx, emb = ext.nearest_code(z2, codebook.contiguous(), norms.to(torch.float32).contiguous())
+    idx, emb = _ext.nearest_code(z2, codebook.contiguous(), norms.to(torch.float32).contiguous())
     return idx.reshape(lead), emb.reshape(*lead, D)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Public dispatch
 # ----------------------------------------------------------------------------------------------------
-def _plan(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor | None, backend: str):
-    """(backend to run or None, why in words)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def choose_backend(z: torch.Tensor, codebook: torch.Tensor, norms: torch.Tensor | None = None,
+                   backend: str = "auto") -> Choice:
+    """The dispatch's :class:`Choice` (backend, reason) for these inputs; ValueError for bad inputs."""
     _check_inputs(z, codebook, norms)
     tensors = (z, codebook) if norms is None else (z, codebook, norms)
-
-    if backend == "torch":
-        return "torch", "requested explicitly"
-    if backend == "triton":
-        why = _dtype_unsupported_reason(z, codebook) or triton_unavailable_reason(*tensors)
-        if why is not None:
-            return None, f"backend='triton' was requested but cannot run: {why}"
-        where = "in the Triton interpreter" if z.device.type == "cpu" else f"on {z.device}"
-        return "triton", f"requested explicitly; runs {where}"
-    if backend == "ext":
-        why = _ext_unavailable_reason(z, codebook)
-        if why is not None:
-            return None, f"backend='ext' was requested but cannot run: {why}"
-        return "ext", f"requested explicitly; runs on {z.device}"
-
-    # auto: Triton on CUDA; on the CPU the C++ op (about 12x the PyTorch reference at the paper's shapes,
-    # docs/benchmarks.md), else the reference. CPU tensors never go to the Triton interpreter by themselves.
-    if z.device.type != "cuda":
-        why_not_ext = _ext_unavailable_reason(z, codebook)
-        if why_not_ext is None:
-            return "ext", f"tensors are on {z.device.type}; the C++ extension's op is the fastest there"
-        _load_ext()[0].warn_once()  # says once per process why the extension is not used (if it is missing)
-        return "torch", (f"tensors are on {z.device.type} and the C++ op cannot run ({why_not_ext}); auto never "
-                         f"routes CPU tensors to the Triton interpreter (pass backend='triton' to force it)")
-    why = _dtype_unsupported_reason(z, codebook) or triton_unavailable_reason(*tensors)
-    if why is not None:
-        return "torch", f"tensors are on CUDA but the Triton kernel cannot run: {why}"
-    return "triton", "tensors are on CUDA and triton is available"
+    # auto: Triton on CUDA; on the CPU the C++ op (the fastest there, docs/benchmarks.md), else the reference
+    return choose(backend, BACKENDS, z.device,
+                  triton=lambda: _dtype_unsupported_reason(z, codebook) or triton_unavailable_reason(*tensors),
+                  ext=lambda: _ext_unavailable_reason(z, codebook), on_ext_missing=_ext.warn_once)
 
 
 def reason(z: torch.Tensor, codebook: torch.Tensor, backend: str = "auto") -> str:
@@ -350,8 +295,7 @@ def reason(z: torch.Tensor, codebook: torch.Tensor, backend: str = "auto") -> st
 
     Returns "<backend>: <why>", or "none: <why>" when an explicitly requested backend cannot run.
     """
-    chosen, why = _plan(z, codebook, None, backend)
-    return f"{chosen or 'none'}: {why}"
+    return str(choose_backend(z, codebook, None, backend))
 
 
 def nearest_code(
@@ -363,13 +307,11 @@ def nearest_code(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code per row of z [..., D]: (indices int64 [...], embeddings [..., D] in codebook's dtype).
 
-    norms: precomputed ``code_norms(codebook)`` (computed when None). backend: "auto" (Triton on CUDA,
-    PyTorch elsewhere), "torch", "triton" or "ext"; an explicit backend that cannot run raises
-    RuntimeError with the reason. Outputs carry no autograd history.
+    norms: precomputed ``code_norms(codebook)`` (computed when None). backend: "auto" (Triton on CUDA, the C++
+    extension on the CPU when built, else PyTorch), "torch", "triton" or "ext"; an explicit backend that cannot
+    run raises RuntimeError with the reason. Outputs carry no autograd history.
     """
-    chosen, why = _plan(z, codebook, norms, backend)
-    if chosen is None:
-        raise RuntimeError(why)
+    chosen = choose_backend(z, codebook, norms, backend).require()
     with torch.no_grad():
         z, codebook = z.detach(), codebook.detach()
         norms = None if norms is None else norms.detach()

@@ -88,12 +88,12 @@ def per_sample_bytes(model) -> int:
     return noise + state + gen
 
 
-def kept_bytes(model, size: tuple[int, int]) -> int:
-    """Bytes kept per sample until the call returns: the image at the input's size, the completion at the model's
-    size (float32), the codes."""
+def kept_bytes(model, size: tuple[int, int], windows: int = 1) -> int:
+    """Bytes kept per sample until the call returns: the image at the input's size, and per window the completion
+    at the model's size (float32) and the codes."""
     h, w = size
     s = model.image_size
-    return OUTPUT_BYTES_PER_PIXEL * h * w + 12 * s * s + 8 * (s // 8) ** 2
+    return OUTPUT_BYTES_PER_PIXEL * h * w + windows * (12 * s * s + 8 * (s // 8) ** 2)
 
 
 def fixed_bytes(model, size: tuple[int, int]) -> int:
@@ -103,16 +103,17 @@ def fixed_bytes(model, size: tuple[int, int]) -> int:
     return SAMPLER_BYTES_PER_PARAMETER * params + CALL_BYTES + IMAGE_BYTES_PER_PIXEL * h * w
 
 
-def default_max_batch(model) -> int:
-    """Most samples per batch within :data:`BATCH_BYTES` of working memory (at least 1)."""
-    return max(1, BATCH_BYTES // per_sample_bytes(model))
+def default_max_batch(model, windows: int = 1) -> int:
+    """Most samples per batch within :data:`BATCH_BYTES` of working memory (at least 1); each sample is drawn once
+    per window the model sees."""
+    return max(1, BATCH_BYTES // (windows * per_sample_bytes(model)))
 
 
-def estimate(model, n: int, size: tuple[int, int], max_batch: int | None = None) -> int:
-    """Estimated peak bytes of a call of ``n`` samples on an input of ``size`` (height, width), beyond the loaded
-    model."""
-    b = min(n, max_batch or default_max_batch(model))
-    return fixed_bytes(model, size) + b * per_sample_bytes(model) + n * kept_bytes(model, size)
+def estimate(model, n: int, size: tuple[int, int], max_batch: int | None = None, windows: int = 1) -> int:
+    """Estimated peak bytes of a call of ``n`` samples on an input of ``size`` (height, width) whose holes the model
+    sees in ``windows`` windows, beyond the loaded model."""
+    b = min(n, max_batch or default_max_batch(model, windows))
+    return fixed_bytes(model, size) + b * windows * per_sample_bytes(model) + n * kept_bytes(model, size, windows)
 
 
 def check_max_batch(max_batch) -> int | None:
@@ -123,19 +124,20 @@ def check_max_batch(max_batch) -> int | None:
     return int(max_batch.__index__())
 
 
-def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None,
+def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None, windows: int = 1,
          device: torch.device | str = "cpu", available: int | None = -1) -> Plan:
     """The batches of a call, or ValueError when its estimate exceeds the available memory (naming the largest n
-    that fits). ``available``: bytes (-1: measure now; None: unlimited). On a CUDA device the host keeps the
-    outputs only; its working memory is the GPU's (not checked here)."""
+    that fits). ``windows``: the windows the model sees (each sample is drawn once per window). ``available``:
+    bytes (-1: measure now; None: unlimited). On a CUDA device the host keeps the outputs only; its working memory
+    is the GPU's (not checked here)."""
     max_batch = check_max_batch(max_batch)
-    batch = min(n, max_batch or default_max_batch(model))
+    batch = min(n, max_batch or default_max_batch(model, windows))
     batches = tuple((i, min(batch, n - i)) for i in range(0, n, batch))
     cpu = torch.device(device).type == "cpu"
-    need = estimate(model, n, size, batch) if cpu else n * kept_bytes(model, size)
+    need = estimate(model, n, size, batch, windows) if cpu else n * kept_bytes(model, size, windows)
     avail = available_memory() if available == -1 else available
     if avail is not None and need > HEADROOM * avail:
-        fits = largest_n(model, size, HEADROOM * avail, batch, cpu)
+        fits = largest_n(model, size, HEADROOM * avail, batch, cpu, windows)
         h, w = size
         what = (f"the largest n that fits is {fits}" if fits >= 1 else
                 "not even one sample fits: use a smaller image, or free memory")
@@ -144,13 +146,13 @@ def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None,
     return Plan(n, batch, batches, need, avail)
 
 
-def largest_n(model, size: tuple[int, int], budget: float, batch: int, cpu: bool = True) -> int:
+def largest_n(model, size: tuple[int, int], budget: float, batch: int, cpu: bool = True, windows: int = 1) -> int:
     """The largest n whose estimate (batches of at most ``batch``) is within ``budget`` bytes (0 if none)."""
-    kept = kept_bytes(model, size)
+    kept = kept_bytes(model, size, windows)
     if not cpu:
         return max(0, int(budget // kept))
     free = budget - fixed_bytes(model, size)
-    per = per_sample_bytes(model)
+    per = windows * per_sample_bytes(model)
     within_one = int(free // (per + kept)) if free > 0 else 0  # n <= batch: one batch of n
     if within_one < batch:
         return max(0, within_one)

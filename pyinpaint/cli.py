@@ -1,10 +1,14 @@
-"""The ``pyinpaint`` command: parses arguments, calls the Python API, prints results. No logic of its own."""
+"""The ``pyinpaint`` command: parses arguments, calls the Python API, prints results. No logic of its own.
+
+Exit codes: 0 success, 1 runtime error (one line on stderr; ``pyinpaint --debug ...`` shows the traceback),
+2 usage error (argparse's). ``-o/--out`` is where a command writes, ``-q/--quiet`` silences its progress."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
@@ -13,9 +17,19 @@ from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
-    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume)")
+    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume); under "
+                                                 "torchrun only rank 0 writes it")
     p.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
-    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (official {batch_size})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"GLOBAL batch size: over all torchrun processes and --accumulate steps (official {batch_size})")
+    p.add_argument("--accumulate", type=int, default=1, metavar="K",
+                   help="split each process's share of the batch into K micro-batches (gradient accumulation: the "
+                        "paper's batch on a small GPU)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision (default fp32 = official; fp16 adds a gradient scaler); codebook search, "
+                        "losses, weight-norm / spectral-norm statistics and the EMA stay float32")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to RUN/tensorboard (needs pip install 'pyinpaint[tensorboard]')")
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (official {lr:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, data order and crops")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -33,22 +47,79 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
                    help="training preprocessing: faces = resize to 266/256 of the size then random crop "
                         "(official CelebA-HQ); scenes = random crop (official Places2)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--existing-out", action="store_true",
+                   help="train into an existing non-empty --out that is not a run (its files are never deleted)")
     p.add_argument("--init-from", metavar="RUN",
                    help="start from the newest weights (model and EMA) of another run of the same stage and "
                         "architecture, with a fresh optimiser at step 0 (fine-tuning, e.g. with another --lr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**64), got {v}")
+    return v
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the networks run: cpu, cuda, cuda:N, or auto (default: CUDA when available, else the "
+                        "CPU)")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or progress lines (errors and the "
+                                                              "final summary still print)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="a shipped model's name (see 'pyinpaint models'; default: faces) or a model "
+                                   "directory written by 'pyinpaint export' or 'pyinpaint convert-official'")
+
+
+def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what} (without it, nothing that exists is "
+                                                            "replaced: the command stops before any work)")
+
+
+def _add_strategy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default="auto", choices=["auto", "crop", "resize"],
+                   help="what the model sees: crop = a square window around each hole (about twice its size, at "
+                        "least the model's), resize = the whole image (mirrored to a square, never stretched), "
+                        "auto (default) = crop when the image is larger than the model and the windows are smaller "
+                        "than the image")
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, metavar="K",
+    p.add_argument("--threads", type=_positive_int, metavar="K",
                    help="CPU threads (default: chosen per call from the work and the machine's load; "
                         "see pyinpaint.threads)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pyinpaint import __version__
+
     parser = argparse.ArgumentParser(
         prog="pyinpaint",
-        description="Diverse image inpainting with a hierarchical VQ-VAE (Peng et al., CVPR 2021).")
+        description="Diverse image inpainting with a hierarchical VQ-VAE (Peng et al., CVPR 2021). Exit codes: 0 "
+                    "success, 1 runtime error (one line; --debug for the traceback), 2 usage error.")
+    parser.add_argument("--version", action="version", version=f"pyinpaint {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="train a stage of the model", description="Train one stage.")
@@ -97,14 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "on CelebA-HQ validation) and codebook usage, with the run's EMA weights.")
     evv.add_argument("run", help="run directory written by 'pyinpaint train vqvae'")
     evv.add_argument("--data", required=True, help="folder of images to evaluate on")
-    evv.add_argument("--batch-size", type=int, default=16)
-    evv.add_argument("--limit", type=int, help="evaluate the first N images only")
+    evv.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default 16)")
+    evv.add_argument("--limit", type=_positive_int, help="evaluate the first N images only")
     evv.add_argument("--recipe", default="resize", choices=["resize", "center-crop"],
                      help="evaluation preprocessing (default resize, as the official validation)")
-    evv.add_argument("--device", default="auto")
-    evv.add_argument("--workers", type=int, default=0)
+    _add_device(evv)
+    evv.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     evv.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    evv.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(evv)
     _add_threads(evv)
 
     evs = esub.add_parser("structure", help="NLL (bits/dim) of a structure-generator run",
@@ -113,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     evs.add_argument("run", help="run directory written by 'pyinpaint train structure'")
     evs.add_argument("--data", required=True, help="folder of images to evaluate on")
     evs.add_argument("--masks", default="protocol", help="masks (default protocol: seeded, the same every time)")
-    evs.add_argument("--seed", type=int, default=0, help="seed of the masks")
-    evs.add_argument("--batch-size", type=int, default=16)
-    evs.add_argument("--limit", type=int, help="evaluate the first N images only")
-    evs.add_argument("--device", default="auto")
-    evs.add_argument("--workers", type=int, default=0)
+    evs.add_argument("--seed", type=_seed, default=0, help="seed of the masks (default 0)")
+    evs.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default 16)")
+    evs.add_argument("--limit", type=_positive_int, help="evaluate the first N images only")
+    _add_device(evs)
+    evs.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     evs.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    evs.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(evs)
     _add_threads(evs)
 
     evi = esub.add_parser("inpaint", help="inpainting quality of a model against classical baselines",
@@ -131,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "mask files) and writes results.csv, summary.csv and best_worst.png "
                                       "(rows: the 4 cases where the model beats Telea most, then the 4 where it "
                                       "does worst; columns: original, masked, best of n, two samples, baselines).")
-    evi.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
+    _add_model(evi)
     evi.add_argument("--images", required=True, help="folder of ground-truth images")
     evi.add_argument("--masks", action="append", required=True,
                      help="center, random, protocol, box, stroke, or a folder of mask files (nonzero = hole); "
@@ -142,17 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     evi.add_argument("--per-block", type=int, default=50,
                      help="masks drawn (seeded) from each block of a mask folder (default 50)")
     evi.add_argument("--size", type=int, default=256, help="evaluation size: images are resized to it (default 256)")
+    evi.add_argument("--upscale", type=int, default=1,
+                     help="then enlarge the images this many times (bicubic) and make the masks at that size: "
+                          "large photos with known detail (default 1)")
+    _add_strategy(evi)
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
-    evi.add_argument("--device", default="auto")
-    evi.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_device(evi)
+    _add_quiet(evi)
     _add_threads(evi)
 
-    de = sub.add_parser("demo", help="inpaint a face that ships with scikit-image: no files needed",
-                        description="Fill a generated hole in the astronaut portrait of scikit-image (Eileen Collins, "
-                                    "public domain) n times with the default model (or --model) and write a grid: "
+    de = sub.add_parser("demo", help="inpaint a face that ships with pyinpaint: no files needed",
+                        description="Fill a generated hole in the astronaut portrait that ships with pyinpaint (Eileen "
+                                    "Collins, NASA, public domain; scikit-image's astronaut) n times with the default model (or --model) and write a grid: "
                                     "original, masked, the n completions.")
     de.add_argument("-o", "--out", default="pyinpaint-demo.png", help="output PNG (default pyinpaint-demo.png)")
     de.add_argument("-n", type=int, default=6, help="number of completions (default 6)")
@@ -161,29 +236,69 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
     de.add_argument("--seed", type=int, default=0, help="seed of the samples and of a generated mask (default 0)")
     de.add_argument("--device", default="auto")
+    _add_strategy(de)
     _add_threads(de)
 
-    sa = sub.add_parser("sample", help="inpaint an image: n diverse completions of a hole",
-                        description="Fill the hole MASK (nonzero = fill) of IMAGE n times with a trained model; writes "
-                                    "the n results as PNGs at the input's size and a grid (input, masked input, results).")
-    sa.add_argument("image", help="image file (any size; greyscale/RGBA are converted to RGB)")
-    sa.add_argument("mask", help="mask file of the same size: nonzero / white = the hole to fill")
-    sa.add_argument("-n", type=int, default=10, help="number of completions (default 10), drawn in batches that fit memory")
-    sa.add_argument("-o", "--out", required=True, help="output folder (created)")
-    sa.add_argument("--model", help="model directory (from 'pyinpaint export' or 'convert-official'; default: the "
-                                    "faces model shipped with pyinpaint)")
-    sa.add_argument("--seed", type=int, help="seed: the same seed gives the same images (default: a fresh one, printed)")
-    sa.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1 = official)")
-    sa.add_argument("--top-k", type=int, help="sample among the k likeliest codes only (default: all = official)")
-    sa.add_argument("--sampler", default="cached",
+    sa = sub.add_parser("sample", help="inpaint images: n diverse completions of each hole",
+                        description="Fill the hole of each image n times with a trained model and write the results "
+                                    "as PNGs at the image's size, NAME_00.png ... (NAME: the image's file name "
+                                    "without extension), and NAME_grid.png (input, masked input, results). Every "
+                                    "input, option and the output folder are checked before any model work; nothing "
+                                    "in -o is replaced without --overwrite.")
+    sa.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="IMAGE MASK [IMAGE MASK ...], or IMAGE_FOLDER MASK_FOLDER (paired by file name without "
+                         "extension, e.g. a.jpg with a.png). Images of any size; masks of the image's size, nonzero / "
+                         "white = the hole to fill")
+    sa.add_argument("-n", type=_positive_int, default=10, help="completions per image (default 10), drawn in "
+                                                                "batches that fit memory")
+    sa.add_argument("-o", "--out", required=True, help="output folder (created if needed)")
+    _add_model(sa)
+    sa.add_argument("--seed", type=_seed, help="seed, in [0, 2**64): the same seed gives the same images (default: a "
+                                               "fresh one, printed; the same for every image of the run)")
+    sa.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature in [0.001, 1000] (default 1 = official); lower = likelier structures")
+    sa.add_argument("--top-k", type=_positive_int,
+                    help="sample among the k likeliest codes only (default: all = official)")
+    sa.add_argument("--sampler", default="cached", choices=["cached", "naive", "graph"],
                     help="structure sampler: cached (default; incremental, fast), naive (the paper's: the whole "
                          "network per position) or graph (cached, replayed from a CUDA graph; CUDA only); all draw "
                          "the same codes for a seed")
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
-    sa.add_argument("--invert-mask", action="store_true", help="the mask marks the hole with 0 instead")
-    sa.add_argument("--device", default="auto")
-    sa.add_argument("--quiet", action="store_true", help="no progress bar")
+    sa.add_argument("--invert-mask", action="store_true",
+                    help="the masks mark the hole with 0 / black instead (white = keep)")
+    _add_overwrite(sa, "existing results in --out and remove older results of the same images beyond n")
+    sa.add_argument("--skip-existing", action="store_true",
+                    help="skip images whose n results already exist in --out (resume a long folder run); the "
+                         "partial results of the others are replaced")
+    sa.add_argument("--max-pixels", type=_positive_int,
+                    help="largest image accepted, in pixels (default 100000000, or PYINPAINT_MAX_PIXELS)")
+    _add_strategy(sa)
+    _add_device(sa)
+    _add_quiet(sa)
     _add_threads(sa)
+
+    mo = sub.add_parser("models", help="list the models shipped with pyinpaint",
+                        description="The models shipped inside the package, usable by name (--model NAME, "
+                                    "Inpainter.load(NAME), sample(..., model=NAME)): name, image size, size on disk, "
+                                    "what it was trained on, folder.")
+    mo.add_argument("--json", action="store_true", help="print the list as JSON")
+
+    ma = sub.add_parser("masks", help="write seeded mask files to try pyinpaint on your own photos",
+                        description="Write N mask files (PNG, 255 = hole, 0 = keep) drawn from the package's "
+                                    "generators, seeded (the same seed gives the same files): KIND_00.png ...")
+    ma.add_argument("kind", choices=["box", "stroke", "random", "protocol", "center", "center-box"],
+                    help="box (random rectangles), stroke (free-form brush strokes), random (either, as in "
+                         "training), protocol (the evaluation protocol's masks), center (a centred square), "
+                         "center-box (a centred box of random size)")
+    ma.add_argument("-o", "--out", required=True, help="output folder (created if needed)")
+    ma.add_argument("-n", type=_positive_int, default=10, help="number of masks (default 10)")
+    size = ma.add_mutually_exclusive_group()
+    size.add_argument("--size", default="256", help="mask size: N (square) or WIDTHxHEIGHT, e.g. 640x480 (default "
+                                                     "256)")
+    size.add_argument("--like", metavar="IMAGE", help="the size of this image (as displayed: EXIF orientation applied)")
+    ma.add_argument("--seed", type=_seed, default=0, help="seed of the masks (default 0)")
+    _add_overwrite(ma, "existing mask files of the same names")
+    _add_quiet(ma)
 
     ex = sub.add_parser("export", help="assemble a model directory from three training runs",
                         description="Assemble a model (config.json + model.safetensors + model card) from the runs of "
@@ -191,128 +306,94 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--vqvae", help="VQ-VAE run (default: the copy kept inside the structure run)")
     ex.add_argument("--structure", required=True, help="structure-generator run")
     ex.add_argument("--texture", required=True, help="texture-generator run")
-    ex.add_argument("--out", required=True, help="model directory to write")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    ex.add_argument("-o", "--out", required=True, help="model directory to write")
+    _add_overwrite(ex, "the model files (config.json, model.safetensors, README.md) in an existing --out")
+    _add_quiet(ex)
 
     co = sub.add_parser("convert-official", help="convert the authors' TensorFlow checkpoint to a model directory",
                         description="Read an official DSI TensorFlow checkpoint (the .index + .data pair; no TensorFlow "
                                     "needed), infer the widths from the variable shapes, take the rest from the "
                                     "official flags, and write a pyinpaint model directory.")
     co.add_argument("ckpt", nargs="+", help="checkpoint prefix, .index file or folder (several stage checkpoints allowed)")
-    co.add_argument("--out", required=True, help="model directory to write")
+    co.add_argument("-o", "--out", required=True, help="model directory to write")
     co.add_argument("--config", help="JSON file of the official flags (argparse names of test.py), e.g. image_size")
-    co.add_argument("--image-size", type=int, help="the model's image size (official flag image_size, e.g. 256)")
-    co.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    co.add_argument("--image-size", type=_positive_int, help="the model's image size (official flag image_size, e.g. 256)")
+    _add_overwrite(co, "the model files (config.json, model.safetensors, README.md) in an existing --out")
+    _add_quiet(co)
 
     en = sub.add_parser("entropy", help="entropy map of the structure distribution for a masked image",
                         description="Sample one structure for IMAGE with hole MASK and save, side by side: the "
                                     "masked image, the per-position entropy (bits, 0 to log2 K) of the predicted "
                                     "code distribution along the sampled structure, and the decoded structure "
                                     "(the paper's Figure 9).")
-    en.add_argument("run", help="structure run directory")
+    en.add_argument("model", metavar="MODEL",
+                    help="a shipped model's name (faces), a model directory or a structure training run")
     en.add_argument("image", help="image file")
     en.add_argument("mask", help="mask file (nonzero = hole), or center / random / protocol")
     en.add_argument("-o", "--out", required=True, help="output PNG")
-    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--seed", type=_seed, default=0, help="seed of the sampled structure and of a generated mask")
     en.add_argument("--invert-mask", action="store_true", help="the mask file marks the hole with 0")
-    en.add_argument("--device", default="auto")
+    _add_overwrite(en, "an existing output PNG")
+    _add_device(en)
+    _add_quiet(en)
+
+    se = sub.add_parser("serve", help="a page in the browser: paint a hole, browse n fills (the serve extra)",
+                        description="Start a local web server with a page to open a photo, paint the hole (or load a "
+                                    "mask), and browse, compare and download n diverse fills. Needs the serve extra: "
+                                    "pip install \"pyinpaint[serve]\". One model per name is loaded once; one sampling "
+                                    "runs at a time, the others wait in a queue.")
+    _add_model(se)
+    se.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1, this machine only; there is no login)")
+    se.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
+    _add_device(se)
+    se.add_argument("--max-upload-mb", type=float, default=20, help="largest request body, MB (default 20)")
+    se.add_argument("--max-side", type=int, default=4096, help="largest image width or height, pixels (default 4096)")
+    se.add_argument("--max-n", type=int, default=32, help="most fills per request (default 32)")
     return parser
 
 
+def _train_args(a: argparse.Namespace) -> dict:
+    return dict(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
+                ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
+                init_from=a.init_from, val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers,
+                accumulate=a.accumulate, precision=a.precision, tensorboard=a.tensorboard,
+                existing_out=a.existing_out, val_data=a.val_data, recipe=a.recipe, resume=a.resume,
+                progress=not a.quiet)
+
+
+def _print_final(last: dict) -> int:
+    import os
+
+    if last and int(os.environ.get("RANK", "0")) == 0:
+        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
+    return 0
+
+
 def _train_vqvae(a: argparse.Namespace) -> int:
-    from pyinpaint.config import vqvae_preset
-    from pyinpaint.data import ImageFolder
-    from pyinpaint.train.loop import resolve_device, train
-    from pyinpaint.train.vqvae import VQVAETask
+    from pyinpaint.train.stages import train_vqvae
 
-    overrides = {"image_size": a.image_size} if a.image_size else {}
-    cfg = vqvae_preset(a.config, **overrides)
-    args = _train_args(a)
-    device = resolve_device(a.device)
-    train_set = ImageFolder(a.data, size=cfg.image_size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=cfg.image_size, recipe="resize") if a.val_data else None
-    import torch
-    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
-    task = VQVAETask(cfg, lr=a.lr, device=device)
-    print(f"training vqvae ({a.config}, {cfg.image_size}px, "
-          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
-          f"device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, args, resume=a.resume, device=device, progress=not a.quiet)
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
-    return 0
-
-
-def _train_args(a: argparse.Namespace):
-    from pyinpaint.train.loop import TrainArgs
-
-    return TrainArgs(out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device,
-                     ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
-                     init_from=a.init_from,
-                     val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers)
-
-
-def _train_on_vqvae(a: argparse.Namespace, make_task) -> int:
-    """Stages 2 and 3: train ``make_task(vqvae, masks, val_masks, device)`` on the codes of a VQ-VAE run,
-    keeping a copy of that VQ-VAE in the new run."""
-    import torch
-
-    from pyinpaint.data import ImageFolder, make_mask_source
-    from pyinpaint.runs import copy_vqvae_into, load_vqvae
-    from pyinpaint.train.loop import resolve_device, train
-
-    device = resolve_device(a.device)
-    vq = load_vqvae(Path(a.out) / "vqvae" if a.resume else Path(a.vqvae), device)
-    size = vq.cfg.image_size
-    train_set = ImageFolder(a.data, size=size, recipe=a.recipe, seed=a.seed)
-    val_set = ImageFolder(a.val_data, size=size, recipe="resize") if a.val_data else None
-    masks = make_mask_source(a.masks, size, seed=a.seed)
-    val_masks = make_mask_source(a.val_masks, size, seed=12345)
-    torch.manual_seed(a.seed)  # the initial weights depend on the seed only
-    task = make_task(vq, masks, val_masks, device)
-    if not a.resume:
-        if Path(a.out, "config.json").exists():
-            raise FileExistsError(f"{a.out} already holds a run: pass --resume to continue it, or choose another --out")
-        copy_vqvae_into(a.out, a.vqvae)
-    print(f"training {task.stage} ({a.config}, {size}px, "
-          f"{sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) on {len(train_set)} images, "
-          f"masks {a.masks}, device {device}, run {a.out}", file=sys.stderr)
-    last = train(task, train_set, val_set, _train_args(a), resume=a.resume, device=device, progress=not a.quiet)
-    if last:
-        print("final: " + ", ".join(f"{k} {v:.5g}" for k, v in last.items()))
-    return 0
+    return _print_final(train_vqvae(a.data, a.out, config=a.config, image_size=a.image_size, **_train_args(a)))
 
 
 def _train_structure(a: argparse.Namespace) -> int:
-    from pyinpaint.config import structure_preset
-    from pyinpaint.train.structure import StructureTask
+    from pyinpaint.train.stages import train_structure
 
-    def make_task(vq, masks, val_masks, device):
-        overrides = dict(image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim,
-                         num_embeddings=vq.cfg.num_embeddings)
-        if a.dropout is not None:
-            overrides["dropout"] = a.dropout
-        return StructureTask(structure_preset(a.config, **overrides), vq, masks, val_masks, lr=a.lr,
-                             warmup=a.warmup, device=device, vqvae_run=str(Path(a.vqvae).resolve()))
-
-    return _train_on_vqvae(a, make_task)
+    return _print_final(train_structure(a.data, a.out, a.vqvae, config=a.config, masks=a.masks,
+                                        val_masks=a.val_masks, warmup=a.warmup, dropout=a.dropout,
+                                        **_train_args(a)))
 
 
 def _train_texture(a: argparse.Namespace) -> int:
-    from pyinpaint.config import texture_preset
-    from pyinpaint.train.texture import TextureTask
+    from pyinpaint.train.stages import train_texture
 
-    def make_task(vq, masks, val_masks, device):
-        cfg = texture_preset(a.config, image_size=vq.cfg.image_size, embedding_dim=vq.cfg.embedding_dim)
-        return TextureTask(cfg, vq, masks, val_masks, lr=a.lr, feature_weight=a.feature_weight, device=device,
-                           vqvae_run=str(Path(a.vqvae).resolve()))
-
-    return _train_on_vqvae(a, make_task)
+    return _print_final(train_texture(a.data, a.out, a.vqvae, config=a.config, masks=a.masks,
+                                      val_masks=a.val_masks, feature_weight=a.feature_weight, **_train_args(a)))
 
 
 def _eval_structure(a: argparse.Namespace) -> int:
     from pyinpaint.evaluate import eval_structure
-    from pyinpaint.train.loop import resolve_device
+    from pyinpaint.inpainter import resolve_device
 
     m = eval_structure(a.run, a.data, masks=a.masks, seed=a.seed, batch_size=a.batch_size, limit=a.limit,
                        device=resolve_device(a.device), workers=a.workers, progress=not a.quiet, threads=a.threads)
@@ -326,45 +407,134 @@ def _eval_structure(a: argparse.Namespace) -> int:
 
 def _entropy(a: argparse.Namespace) -> int:
     from pyinpaint.evaluate import entropy_map
-    from pyinpaint.train.loop import resolve_device
+    from pyinpaint.inpainter import resolve_device
 
-    info = entropy_map(a.run, a.image, a.mask, a.out, seed=a.seed, invert_mask=a.invert_mask,
+    if Path(a.out).exists() and not a.overwrite:
+        raise FileExistsError(f"{a.out} already exists: pass --overwrite to replace it, or choose another -o/--out")
+    info = entropy_map(a.model, a.image, a.mask, a.out, seed=a.seed, invert_mask=a.invert_mask,
                        device=resolve_device(a.device))
     print(f"wrote {a.out}: mean entropy {info['mean_bits']:.2f} bits in the hole, {info['mean_bits_known']:.2f} "
           f"outside (max {info['max_bits']:.2f})")
     return 0
 
 
-def _sample(a: argparse.Namespace) -> int:
+def _progress_bar(total: int, quiet: bool):
+    """A tqdm bar over ``total`` images on a terminal; None when quiet or stderr is not a terminal (logs)."""
+    if quiet or not sys.stderr.isatty():
+        return None
     from tqdm.auto import tqdm
 
+    return tqdm(total=total, unit="image", dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.2f}/{total_fmt} images [{elapsed}<{remaining}]")
+
+
+def _sample(a: argparse.Namespace) -> int:
     from pyinpaint import io
-    from pyinpaint.data import load_mask
-    from pyinpaint.inpainter import Inpainter
-    from pyinpaint.train.loop import resolve_device
 
-    from pyinpaint.inpainter import default_model
+    limit = io.MAX_PIXELS
+    try:
+        if a.max_pixels:
+            io.MAX_PIXELS = a.max_pixels
+        return _sample_files(a)
+    finally:
+        io.MAX_PIXELS = limit
 
-    inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
-    mask = load_mask(a.mask, invert=True)[0].numpy() if a.invert_mask else a.mask
-    bar = tqdm(desc="sampling structures", unit="pos", disable=a.quiet, dynamic_ncols=True)
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+def _sample_files(a: argparse.Namespace) -> int:
+    from pyinpaint import io
+    from pyinpaint.inpainter import Inpainter, model_path, resolve_device
 
+    # Every check before any model work: inputs paired, output folder, device, options, then each input read.
+    pairs = io.pair_inputs(a.inputs)
+    plan = io.plan_outputs(a.out, [p.name for p in pairs], a.n, overwrite=a.overwrite, skip_existing=a.skip_existing)
+    todo = [p for p in pairs if plan.todo(p.name)]
+    device = resolve_device(a.device)
+    inp = Inpainter.load(model_path(a.model), device=device)
+    seed = inp.check_options(a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k, sampler=a.sampler,
+                             rank=a.rank)
+    for p in todo:
+        io.read_pair(p.image, p.mask, a.invert_mask)  # raises on a bad input; its warnings print once, here
+    if plan.summary() and not a.quiet:
+        print(f"pyinpaint: {plan.out}: {plan.summary()}", file=sys.stderr)
+    bar = _progress_bar(len(todo), a.quiet)
+    replace = set(plan.replace)
     t0 = time.perf_counter()
-    res = inp.inpaint(a.image, mask, a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k,
-                      sampler=a.sampler, rank=a.rank, progress=progress, threads=a.threads)
+    for i, p in enumerate(todo):
+        def progress(done: int, total: int, i=i) -> None:
+            if bar is not None:
+                bar.update(i + done / total - bar.n)  # redrawn at most every 0.1 s
+
+        t1 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
+            res = inp.inpaint(p.image, p.mask, a.n, seed=seed, temperature=a.temperature, top_k=a.top_k,
+                              sampler=a.sampler, rank=a.rank, invert=a.invert_mask, strategy=a.strategy,
+                              progress=progress, threads=a.threads)
+        files = plan.files[p.name]
+        for old in plan.remove.get(p.name, []):
+            old.unlink(missing_ok=True)
+        for img, f in zip([*res.images, _sample_grid(res)], files):
+            io.save_image(f, img, overwrite=f in replace)
+        if bar is not None:
+            bar.update(i + 1 - bar.n)
+        elif not a.quiet and len(todo) > 1:
+            print(f"[{i + 1}/{len(todo)}] {p.image}: {a.n} results in {time.perf_counter() - t1:.1f} s",
+                  file=sys.stderr)
+    if bar is not None:
+        bar.close()
     seconds = time.perf_counter() - t0
-    bar.close()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(res.images):
-        io.atomic_write(out / f"result_{i:02d}.png", lambda tmp, img=img: img.save(tmp, format="PNG"))
-    io.save_image(out / "grid.png", _sample_grid(res))
-    print(f"wrote {len(res.images)} results and grid.png to {out} in {seconds:.1f} s (seed {res.seed})")
+    if len(pairs) == 1 and todo:
+        names = plan.files[pairs[0].name]
+        results = names[0].name if a.n == 1 else f"{names[0].name} ... {names[-2].name}"
+        print(f"wrote {results} and {names[-1].name} to {plan.out} in {seconds:.1f} s (seed {seed})")
+    else:
+        print(f"wrote {a.n} results and a grid for each of {len(todo)} image(s) to {plan.out} in {seconds:.1f} s"
+              f"{f', skipped {len(plan.skip)}' if plan.skip else ''} (seed {seed})")
+    return 0
+
+
+def _models(a: argparse.Namespace) -> int:
+    from pyinpaint.inpainter import shipped_models
+
+    models = shipped_models()
+    if a.json:
+        print(json.dumps([{k: str(v) if isinstance(v, Path) else v for k, v in m.items()} for m in models], indent=2))
+        return 0
+    for m in models:
+        if m.get("missing"):
+            print(f"{m['name']:<8} missing from this installation ({m['path']})")
+            continue
+        print(f"{m['name']:<8} {m['image_size']} px, {m['megabytes']:.0f} MB{', default' if m['default'] else ''}: "
+              f"{m['trained_on']} ({m['path']})")
+    return 0
+
+
+def _masks(a: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from pyinpaint import io
+    from pyinpaint.masks import make_mask_source
+
+    if a.like:
+        width, height = Image.fromarray(io.read_image(a.like)[:, :, 0]).size
+    else:
+        try:
+            width, height = (int(v) for v in a.size.lower().split("x")) if "x" in a.size.lower() else [int(a.size)] * 2
+        except ValueError:
+            raise ValueError(f"--size must be N or WIDTHxHEIGHT (e.g. 640x480), got {a.size!r}") from None
+        if width < 1 or height < 1:
+            raise ValueError(f"--size must be positive, got {a.size!r}")
+        io.check_pixels(width, height, "--size")
+    plan = io.plan_outputs(a.out, [a.kind], a.n, overwrite=a.overwrite, grid=False)
+    source = make_mask_source(a.kind, (height, width), seed=a.seed)
+    replace = set(plan.replace)
+    for old in plan.remove.get(a.kind, []):
+        old.unlink(missing_ok=True)
+    for i, f in enumerate(plan.files[a.kind]):
+        hole = source.sample(i)[0].numpy() > 0
+        io.save_image(f, Image.fromarray(hole.astype("uint8") * 255, "L"), overwrite=f in replace)
+    files = plan.files[a.kind]
+    print(f"wrote {files[0].name} ... {files[-1].name} ({width}x{height}, 255 = hole, seed {a.seed}) to {plan.out}")
     return 0
 
 
@@ -396,7 +566,7 @@ def _export(a: argparse.Namespace) -> int:
 
 def _convert_official(a: argparse.Namespace) -> int:
     from pyinpaint import io
-    from pyinpaint.modelfile import convert_official
+    from pyinpaint.official import convert_official
 
     flags = dict(io.load_json(a.config)) if a.config else {}
     if isinstance(flags.get("config"), dict):  # a fixture-style file: {"config": {...flags...}, ...}
@@ -411,7 +581,7 @@ def _convert_official(a: argparse.Namespace) -> int:
 
 def _eval_vqvae(a: argparse.Namespace) -> int:
     from pyinpaint.evaluate import eval_vqvae
-    from pyinpaint.train.loop import resolve_device
+    from pyinpaint.inpainter import resolve_device
 
     m = eval_vqvae(a.run, a.data, batch_size=a.batch_size, limit=a.limit, recipe=a.recipe,
                    device=resolve_device(a.device), workers=a.workers, progress=not a.quiet, threads=a.threads)
@@ -428,40 +598,40 @@ def _eval_vqvae(a: argparse.Namespace) -> int:
 
 def _eval_inpaint(a: argparse.Namespace) -> int:
     from pyinpaint.evaluate import eval_inpaint, format_summary
-    from pyinpaint.train.loop import resolve_device
+    from pyinpaint.inpainter import resolve_device
 
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
-                       seed=a.seed, baselines=baselines, out=a.out, device=resolve_device(a.device),
-                       progress=not a.quiet, threads=a.threads)
-    print(f"model {res['model']}: {res['cases']} cases, n={a.n}")
+                       seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
+                       device=resolve_device(a.device), progress=not a.quiet, threads=a.threads)
+    print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:
         print(f"wrote results.csv, summary.csv and best_worst.png to {a.out}")
     return 0
 
 
-DEMO_CROP = (25, 120, 210)  # top, left, side of the face in skimage.data.astronaut() (512 x 512)
+DEMO_IMAGE = Path(__file__).parent / "assets" / "astronaut-face.png"  # public domain, see assets/README.md
 
 
 def demo_image():
-    """The face of scikit-image's astronaut (public domain), 256 x 256 uint8."""
+    """The demo photo that ships with pyinpaint: the face of scikit-image's astronaut (Eileen Collins, NASA, public
+    domain), 256 x 256 RGB."""
     from PIL import Image
 
     try:
-        from skimage import data
-    except ImportError as e:
-        raise RuntimeError("the demo image comes with scikit-image: pip install scikit-image") from e
-    top, left, side = DEMO_CROP
-    face = Image.fromarray(data.astronaut()[top:top + side, left:left + side])
-    return face.resize((256, 256), Image.Resampling.BICUBIC)
+        with Image.open(DEMO_IMAGE) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the demo photo is missing from this installation ({DEMO_IMAGE}): reinstall "
+                                "pyinpaint") from None
 
 
 def _demo(a: argparse.Namespace) -> int:
     from pyinpaint import io
-    from pyinpaint.data import MASK_SPECS, load_mask, make_mask_source
+    from pyinpaint.masks import MASK_SPECS, load_mask, make_mask_source
     from pyinpaint.inpainter import Inpainter, default_model
-    from pyinpaint.train.loop import resolve_device
+    from pyinpaint.inpainter import resolve_device
 
     if a.n < 1:
         raise ValueError(f"-n must be at least 1 (got {a.n})")
@@ -472,7 +642,7 @@ def _demo(a: argparse.Namespace) -> int:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
     inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
-    res = inp.inpaint(image, hole, a.n, seed=a.seed, threads=a.threads)
+    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy, threads=a.threads)
     seconds = time.perf_counter() - t0
     io.save_image(a.out, _sample_grid(res))
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "
@@ -480,21 +650,49 @@ def _demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(a: argparse.Namespace) -> int:
+    from pyinpaint.serve import Limits, serve
+
+    if a.max_upload_mb <= 0 or a.max_side < 1 or a.max_n < 1:
+        raise ValueError("--max-upload-mb, --max-side and --max-n must be positive")
+    serve(a.model, host=a.host, port=a.port, device=None if a.device == "auto" else a.device,
+          limits=Limits(max_upload_bytes=int(a.max_upload_mb * 2 ** 20), max_side=a.max_side, max_n=a.max_n))
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (ValueError, OSError, KeyError)):
+        return msg
+    return f"{type(e).__name__}: {msg} (run 'pyinpaint --debug ...' for the traceback)"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"pyinpaint: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse exits 2 itself on usage errors)."""
     a = build_parser().parse_args(argv)
     handlers = {("train", "vqvae"): _train_vqvae, ("eval", "vqvae"): _eval_vqvae,
                 ("train", "structure"): _train_structure, ("eval", "structure"): _eval_structure,
-                ("train", "texture"): _train_texture,
+                ("train", "texture"): _train_texture, ("models", None): _models, ("masks", None): _masks,
                 ("entropy", None): _entropy, ("sample", None): _sample, ("export", None): _export,
                 ("convert-official", None): _convert_official, ("eval", "inpaint"): _eval_inpaint,
-                ("demo", None): _demo}
+                ("demo", None): _demo, ("serve", None): _serve}
     try:
-        return handlers[(a.command, getattr(a, "stage", None))](a)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"pyinpaint: error: {e}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            if not a.debug:
+                warnings.showwarning = _show_warning  # one line per warning, no source excerpt
+            return handlers[(a.command, getattr(a, "stage", None))](a)
     except KeyboardInterrupt:
+        print("pyinpaint: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if a.debug:
+            raise
+        print(f"pyinpaint: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,42 @@
 """Named configurations (presets) of the networks.
 
-Each stage has one dataclass of architecture numbers. Field names are ours; ``official_flags`` gives the
-official ``test.py`` / ``train_*.py`` flag name of each, so that an official flags JSON maps onto a config.
+Each stage has one dataclass of architecture numbers. Field names are ours; the official ``test.py`` /
+``train_*.py`` flag name of each is in :data:`pyinpaint.official.FLAGS`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any
+
+# Bounds on every number of a config, checked before anything is built (a model file's config.json is input).
+MAX_IMAGE_SIZE = 1024  # a 128 x 128 structure map: the PixelCNN draws its codes one by one
+MAX_WIDTH = 4096  # channels, code dimension
+MAX_CODES = 65536  # codebook size
+MAX_DEPTH = 256  # residual blocks, resnet pairs, attention blocks, heads
+
+
+def _check_fields(cfg, limits: dict[str, tuple[float, float]]) -> None:
+    """Every field of ``cfg`` has its declared type (int, float or bool; a bool is not a number) and lies within
+    ``limits`` ({field: (min, max)}, inclusive); floats must be finite. Raises ValueError naming the field."""
+    name = type(cfg).__name__
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type == "bool":
+            if not isinstance(v, bool):
+                raise ValueError(f"{name}.{f.name} must be true or false, got {v!r}")
+            continue
+        want_int = f.type == "int"
+        number = numbers.Integral if want_int else numbers.Real
+        if isinstance(v, bool) or not isinstance(v, number):
+            raise ValueError(f"{name}.{f.name} must be {'an integer' if want_int else 'a number'}, got {v!r}")
+        if not want_int and not math.isfinite(v):
+            raise ValueError(f"{name}.{f.name} must be finite, got {v!r}")
+        lo, hi = limits.get(f.name, (-math.inf, math.inf))
+        if not lo <= v <= hi:
+            raise ValueError(f"{name}.{f.name} must be in [{lo}, {hi}], got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -27,25 +56,15 @@ class VQVAEConfig:
     # are divided by (1 - decay^t), so the first update sets the codebook to the batch means. False = plain EMA.
     zero_debias: bool = True
 
-    official_flags = {
-        "image_size": "image_size",
-        "channels": "nr_channel_vq",
-        "res_blocks": "nr_res_block_vq",
-        "res_channels": "nr_res_channel_vq",
-        "embedding_dim": "embedding_dim",
-        "num_embeddings": "num_embeddings",
-        "commitment_cost": "commitment_cost",
-        "decay": "decay",
-    }
-
     def __post_init__(self):
+        _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "channels": (2, MAX_WIDTH),
+                             "res_blocks": (0, MAX_DEPTH), "res_channels": (1, MAX_WIDTH),
+                             "embedding_dim": (1, MAX_WIDTH), "num_embeddings": (1, MAX_CODES),
+                             "commitment_cost": (0.0, math.inf), "epsilon": (0.0, math.inf)})
         if self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 (got {self.image_size})")
         if self.channels % 2:
             raise ValueError(f"channels must be even (got {self.channels})")
-        for f in ("channels", "res_blocks", "res_channels", "embedding_dim", "num_embeddings"):
-            if getattr(self, f) < (0 if f == "res_blocks" else 1):
-                raise ValueError(f"{f} must be positive (got {getattr(self, f)})")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1) (got {self.decay})")
 
@@ -75,22 +94,12 @@ class StructureConfig:
     heads: int = 8  # nr_head_s
     dropout: float = 0.1  # dropout_s (training only)
 
-    official_flags = {
-        "image_size": "image_size",
-        "embedding_dim": "embedding_dim",
-        "num_embeddings": "num_embeddings",
-        "cond_channels": "nr_channel_cond_s",
-        "cond_res_channels": "nr_res_channel_cond_s",
-        "channels": "nr_channel_s",
-        "res_channels": "nr_res_channel_s",
-        "resnets": "nr_resnet_s",
-        "out_resnets": "nr_resnet_out_s",
-        "attention": "nr_attention_s",
-        "heads": "nr_head_s",
-        "dropout": "dropout_s",
-    }
-
     def __post_init__(self):
+        _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "embedding_dim": (1, MAX_WIDTH),
+                             "num_embeddings": (1, MAX_CODES), "cond_channels": (1, MAX_WIDTH // 8),
+                             "cond_res_channels": (1, MAX_WIDTH), "channels": (8, MAX_WIDTH),
+                             "res_channels": (1, MAX_WIDTH), "resnets": (1, MAX_DEPTH), "out_resnets": (0, MAX_DEPTH),
+                             "attention": (1, MAX_DEPTH), "heads": (1, MAX_DEPTH)})
         if self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8 (got {self.image_size})")
         if self.attention < 1 or self.resnets % self.attention or self.resnets // self.attention < 1:
@@ -120,13 +129,6 @@ def from_dict(cls, data: dict[str, Any]):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}; known: {sorted(names)}")
     return cls(**data)
-
-
-def from_official_flags(cls, flags: dict[str, Any], **overrides):
-    """Config from the official flags (argparse names of test.py / train_*.py); missing flags keep defaults."""
-    kwargs = {ours: flags[theirs] for ours, theirs in cls.official_flags.items() if theirs in flags}
-    kwargs.update(overrides)
-    return cls(**kwargs)
 
 
 VQVAE_PRESETS: dict[str, VQVAEConfig] = {
@@ -176,22 +178,14 @@ class TextureConfig:
     channels: int = 64  # nr_channel_gen_t (cnum of the generator)
     dis_channels: int = 64  # nr_channel_dis_t
 
-    official_flags = {
-        "image_size": "image_size",
-        "embedding_dim": "embedding_dim",
-        "channels": "nr_channel_gen_t",
-        "dis_channels": "nr_channel_dis_t",
-    }
-
     def __post_init__(self):
+        _check_fields(self, {"image_size": (8, MAX_IMAGE_SIZE), "embedding_dim": (1, MAX_WIDTH),
+                             "channels": (2, MAX_WIDTH), "dis_channels": (1, MAX_WIDTH)})
         if self.image_size % 8 or self.image_size < 8:
             raise ValueError(f"image_size must be a positive multiple of 8 (got {self.image_size})")
         if self.channels < 2 or self.channels % 2:
             raise ValueError(f"channels must be even and >= 2 (the first gated conv outputs channels/2), "
                              f"got {self.channels}")
-        for f in ("embedding_dim", "dis_channels"):
-            if getattr(self, f) < 1:
-                raise ValueError(f"{f} must be positive (got {getattr(self, f)})")
 
     @property
     def map_size(self) -> int:

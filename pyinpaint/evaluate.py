@@ -49,7 +49,7 @@ def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol"
     """NLL of the true top codes in bits/dim (the paper's Table 3 measure) of a structure run, EMA weights,
     images resized to the model size, masks drawn from ``masks`` by image number. ``threads``: CPU threads (None:
     chosen from the machine's load, see :mod:`pyinpaint.threads`)."""
-    from pyinpaint.data import make_mask_source
+    from pyinpaint.masks import make_mask_source
     from pyinpaint.runs import load_structure
     from pyinpaint.train.structure import evaluate_nll
 
@@ -79,13 +79,21 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
     import torch.nn.functional as F
 
     from pyinpaint import io
-    from pyinpaint.data import load_image, load_mask, make_mask_source, preprocess, MASK_SPECS
+    from pyinpaint.data import preprocess
+    from pyinpaint.io import read_image
+    from pyinpaint.masks import load_mask, make_mask_source, MASK_SPECS
     from pyinpaint.runs import load_structure
     from pyinpaint.sampler import sample_cached
 
-    model, vqvae = load_structure(run, device)
+    if Path(run, "config.json").is_file() and not Path(run, "model.safetensors").is_file():
+        model, vqvae = load_structure(run, device)  # a structure training run
+    else:  # a shipped model's name or a model directory
+        from pyinpaint.inpainter import get_inpainter
+
+        loaded = get_inpainter(run, device).model
+        model, vqvae = loaded.structure, loaded.vqvae
     size, k = model.cfg.image_size, model.cfg.num_embeddings
-    x = preprocess(load_image(image), size, "resize")[None].to(device)
+    x = preprocess(read_image(image), size, "resize")[None].to(device)
     if str(mask) in MASK_SPECS:
         m = make_mask_source(str(mask), size, seed=seed).sample(0)
     else:
@@ -115,6 +123,8 @@ def entropy_map(run: str | Path, image: str | Path, mask: str | Path, out: str |
 # original (PSNR, SSIM, L1: the best of n and the mean over n), the n fills' diversity is their mean pairwise L1 in
 # the hole, and the baselines (OpenCV's Telea and Navier-Stokes, a mean-colour fill) are scored on the same cases.
 # Metrics are computed at the evaluation size on uint8 images, [0, 255] for PSNR and SSIM, [0, 1] for L1.
+# Sharpness (:func:`sharpness`) is the fill's detail against the photo's around the hole (1 = as sharp as the photo);
+# "sharpness" of a method is its fills' mean, "sharpness_truth" the same figure on the original image.
 BASELINES = ("telea", "ns", "mean")
 NVIDIA_BLOCKS = ("01-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-60%")  # 2,000 files each, by file number
 METRICS = ("psnr", "ssim", "l1")
@@ -164,6 +174,25 @@ def hole_metrics(pred, target, hole) -> dict[str, float]:
     return {"psnr": psnr, "ssim": float(ssim_map[hole].mean()), "l1": l1}
 
 
+def sharpness(image, hole, ring: int = 8) -> float:
+    """Mean absolute Laplacian (4-neighbour, on the grey image) inside ``hole`` over that in a ring around it: pixels
+    at most ``ring`` px (Chebyshev) outside the hole. Pixels whose Laplacian reads both sides of the hole border are
+    left out (the hole's outer pixel row, the ring's inner one), so the seam itself does not count. 1 = the fill is as
+    detailed as the photo around it, below 1 = blurrier. NaN when the hole has no interior or no ring."""
+    import torch.nn.functional as F
+
+    grey = torch.from_numpy(np.asarray(image, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[None, None]
+    lap = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"),
+                   torch.tensor([[[[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]]])).abs()[0, 0]
+    h = torch.from_numpy(np.asarray(hole, bool)).float()[None, None]
+    grow = lambda r: F.max_pool2d(h, 2 * r + 1, stride=1, padding=r)[0, 0] > 0  # noqa: E731
+    inner = -F.max_pool2d(-h, 3, stride=1, padding=1)[0, 0] > 0  # the hole eroded by one pixel
+    around = grow(ring + 1) & ~grow(1)
+    if not inner.any() or not around.any():
+        return float("nan")
+    return float(lap[inner].mean() / lap[around].mean().clamp_min(1e-6))
+
+
 def pairwise_l1(fills, hole) -> float:
     """Mean L1 ([0, 1] scale) inside ``hole`` over all pairs of ``fills`` (a list of H x W x 3 uint8 arrays)."""
     import itertools
@@ -202,7 +231,8 @@ def _cases(images: list[Path], masks: list[str], size: int, per_block: int, seed
     hole-size block, else ``per_block`` seeded files in one block "folder"); case j of a block takes image
     j mod len(images)."""
 
-    from pyinpaint.data import MASK_EXTENSIONS, MASK_SPECS, list_images, load_mask, make_mask_source
+    from pyinpaint.data import list_images
+    from pyinpaint.masks import MASK_EXTENSIONS, MASK_SPECS, load_mask, make_mask_source
 
     cases: list[Case] = []
     for spec in masks:
@@ -234,23 +264,33 @@ def spread(items: list, count: int) -> list:
     return [items[(i * len(items)) // count] for i in range(count)]
 
 
-def _load_eval_image(path: Path, size: int):
-    """The ground truth of a case: the image resized to ``size`` (the evaluation recipe), as H x W x 3 uint8."""
+def _load_eval_image(path: Path, size: int, upscale: int = 1):
+    """The ground truth of a case: the image resized to ``size`` (the evaluation recipe), then, with ``upscale`` > 1,
+    enlarged ``upscale`` times with bicubic filtering (a large photo whose fine detail is known), as H x W x 3
+    uint8."""
+    from PIL import Image
 
     from pyinpaint.data import load_image, preprocess
 
     x = preprocess(load_image(path), size, "resize")
-    return np.round((x.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    a = np.round((x.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    if upscale == 1:
+        return a
+    big = size * upscale
+    return np.asarray(Image.fromarray(a).resize((big, big), Image.Resampling.BICUBIC))
 
 
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
-                 out: str | Path | None = None, device: str | torch.device = "cpu",
-                 progress: bool = True, threads: int | None = None) -> dict:
+                 strategy: str = "auto", upscale: int = 1, out: str | Path | None = None,
+                 device: str | torch.device = "cpu", progress: bool = True, threads: int | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
-    its sorted list (see :func:`spread`), resized to ``size``) with each of ``masks`` (see :func:`_cases`). Returns {"rows": one dict per (case, method),
-    "summary": {block: {method: means}}}; with ``out`` writes results.csv, summary.csv and best_worst.png. ``threads``:
-    CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`)."""
+    its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
+    with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
+    :mod:`pyinpaint.crop`). Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with
+    ``out`` writes results.csv, summary.csv and best_worst.png. ``threads``: CPU threads of each sampling call (None:
+    chosen per call, see :mod:`pyinpaint.threads`)."""
+    from pyinpaint.crop import STRATEGIES
     import time
 
     from tqdm.auto import tqdm
@@ -266,27 +306,34 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     if limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
     check_threads(threads)
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
+        raise ValueError(f"upscale must be a positive integer (got {upscale!r})")
     paths = spread(list_images(images), limit)
     inp = get_inpainter(model, device)
-    cases = _cases(paths, list(masks), size, per_block, seed)
+    cases = _cases(paths, list(masks), size * upscale, per_block, seed)
     rows: list[dict] = []
     # The picture shows the 4 cases where pyinpaint's best-of-n PSNR is furthest above the first baseline's (Telea's
     # by default; else its own PSNR) and the 4 furthest below: only those 8 candidates' fills are kept.
     ref = next((b for b in BASELINES if b in baselines), None)
     shown: list[tuple[float, int, Case, dict]] = []  # (margin, case number, case, fills by method), by margin
     scored = 0
-    truths = {path: _load_eval_image(path, size) for path in paths}  # each image once (cases reuse them per block)
+    truths = {path: _load_eval_image(path, size, upscale) for path in paths}  # each image once (cases reuse them)
     for i, case in enumerate(tqdm(cases, desc="eval inpaint", disable=not progress)):
         truth = truths[case.image]
         if not case.hole.any():
             continue
         base = {"case": i, "image": case.image.name, "mask": case.mask, "block": case.block,
-                "hole_pct": round(100.0 * float(case.hole.mean()), 2)}
+                "hole_pct": round(100.0 * float(case.hole.mean()), 2),
+                "sharpness_truth": sharpness(truth, case.hole)}
         t0 = time.perf_counter()
-        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, threads=threads)]
+        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, strategy=strategy,
+                                                          threads=threads)]
         seconds = time.perf_counter() - t0
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
         rows.append({**base, "method": "pyinpaint", **summarize(scores),
+                     "sharpness": float(np.mean([sharpness(f, case.hole) for f in fills])),
                      "diversity": pairwise_l1(fills, case.hole), "seconds": seconds})
         best = fills[int(np.argmax([s["psnr"] for s in scores]))]
         by_method = {"pyinpaint": best, "pyinpaint 2": fills[0], "pyinpaint 3": fills[min(1, n - 1)]}
@@ -296,7 +343,8 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
             fill = baseline_fill(b, truth, case.hole)
             seconds = time.perf_counter() - t0
             metrics = hole_metrics(fill, truth, case.hole)
-            rows.append({**base, "method": b, **summarize([metrics]), "diversity": 0.0, "seconds": seconds})
+            rows.append({**base, "method": b, **summarize([metrics]), "sharpness": sharpness(fill, case.hole),
+                         "diversity": 0.0, "seconds": seconds})
             by_method[b] = fill
             ref_psnr = metrics["psnr"] if b == ref else ref_psnr
         margin = max(s["psnr"] for s in scores) - ref_psnr
@@ -308,34 +356,42 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     if out is not None:
         picks = shown[4:][::-1] + shown[:4] if scored > 8 else shown[::-1]
         _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks])
-    return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory")}
+    return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory"),
+            "strategy": strategy, "size": size * upscale}
 
 
 def summarize_rows(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     """{block: {method: mean of each metric, "cases": count}}, plus the block "all"."""
 
-    cols = [f"{m}_{k}" for m in METRICS for k in ("best", "mean")] + ["diversity", "seconds"]
+    cols = [f"{m}_{k}" for m in METRICS for k in ("best", "mean")] + ["sharpness", "sharpness_truth", "diversity",
+                                                                       "seconds"]
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
         for block in (r["block"], "all"):
             groups.setdefault(block, {}).setdefault(r["method"], []).append(r)
-    return {block: {method: {"cases": len(rs), **{c: float(np.mean([r[c] for r in rs])) for c in cols}}
-                    for method, rs in methods.items()}
+
+    def mean(rs: list[dict], c: str) -> float:  # sharpness is NaN for holes without interior or ring: left out
+        vals = [r[c] for r in rs if c in r and not (c.startswith("sharpness") and math.isnan(r[c]))]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    return {block: {method: {"cases": len(rs), **{c: mean(rs, c) for c in cols}} for method, rs in methods.items()}
             for block, methods in groups.items()}
 
 
 def format_summary(summary: dict, n: int) -> str:
     """The table printed by `pyinpaint eval inpaint`: one line per (block, method)."""
     lines = [f"{'block':<9} {'method':<10} {'cases':>5}  {'PSNR best':>9} {'mean':>6}  {'SSIM best':>9} {'mean':>6}  "
-             f"{'L1 best':>7} {'mean':>6}  {'divers.':>7} {'s/case':>7}",
-             f"(best = best of n={n} samples for pyinpaint; baselines give one fill; PSNR dB, L1 [0,1], in the hole)"]
+             f"{'L1 best':>7} {'mean':>6}  {'sharp':>5} {'truth':>5}  {'divers.':>7} {'s/case':>7}",
+             f"(best = best of n={n} samples for pyinpaint; baselines give one fill; PSNR dB, L1 [0,1], in the hole; "
+             "sharp = mean |Laplacian| in the hole over a ring around it, truth = the same on the original)"]
     for block in sorted(summary, key=lambda b: (b == "all", b)):
         methods = summary[block]
         for method in sorted(methods, key=lambda m: (m != "pyinpaint", m)):
             s = methods[method]
             lines.append(f"{block:<9} {method:<10} {s['cases']:>5}  {s['psnr_best']:>9.2f} {s['psnr_mean']:>6.2f}  "
                          f"{s['ssim_best']:>9.3f} {s['ssim_mean']:>6.3f}  {s['l1_best']:>7.4f} {s['l1_mean']:>6.4f}  "
-                         f"{s['diversity']:>7.4f} {s['seconds']:>7.3f}")
+                         f"{s['sharpness']:>5.2f} {s['sharpness_truth']:>5.2f}  {s['diversity']:>7.4f} "
+                         f"{s['seconds']:>7.3f}")
         if "pyinpaint" in methods and "telea" in methods:
             d = methods["pyinpaint"]["psnr_best"] - methods["telea"]["psnr_best"]
             lines.append(f"{block:<9} best-of-{n} PSNR minus Telea: {d:+.2f} dB")

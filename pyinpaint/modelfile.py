@@ -13,22 +13,28 @@ Layout::
 
 The config sections are the ``to_dict`` of :class:`~pyinpaint.config.VQVAEConfig`,
 :class:`~pyinpaint.config.StructureConfig` and :class:`~pyinpaint.config.TextureConfig`; ``source`` is free-form
-provenance. :func:`load_model` is the one reader; :func:`save_model` the one writer, used by :func:`export_runs`
-(three training runs) and :func:`convert_official` (an official TensorFlow checkpoint). Nothing here unpickles.
+provenance; the safetensors metadata holds a SHA-256 of the tensors (:func:`digest`). :func:`load_model` is the one
+reader (it checks everything before the networks take memory; errors are ``FileNotFoundError`` or
+:class:`ModelFileError`); :func:`save_model` the one writer, used by :func:`export_runs` (three training runs) and
+:func:`pyinpaint.official.convert_official` (an official TensorFlow checkpoint). Nothing here unpickles.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import json
 import os
-import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from safetensors import safe_open
+from torch.overrides import TorchFunctionMode
 
 from pyinpaint import io
 from pyinpaint.config import StructureConfig, TextureConfig, VQVAEConfig, from_dict, to_dict
@@ -95,8 +101,6 @@ def check_configs(vqvae: VQVAEConfig, structure: StructureConfig, texture: Textu
 
 # ------------------------------------------------------------------------------------------------ writing
 def _card(configs: dict[str, Any], source: Any, has_discriminator: bool, counts: dict[str, int]) -> str:
-    import json
-
     vq, st, tx = configs["vqvae"], configs["structure"], configs["texture"]
     lines = [
         "# pyinpaint model",
@@ -140,8 +144,11 @@ def save_model(path: PathLike, vqvae: VQVAE, structure: StructureGenerator, gene
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory")
-    if not overwrite and ((path / CONFIG_FILE).exists() or (path / WEIGHTS_FILE).exists()):
-        raise FileExistsError(f"{path} already holds a model: pass overwrite=True to replace it")
+    taken = [name for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE if card else None)
+             if name and (path / name).exists()]
+    if not overwrite and taken:
+        raise FileExistsError(f"{path} already holds {', '.join(taken)}: pass overwrite=True (--overwrite) to replace "
+                              "them, or choose another folder")
     tx = generator.cfg
     if discriminator is not None and discriminator.cfg.dis_channels != tx.dis_channels:
         tx = dataclasses.replace(tx, dis_channels=discriminator.cfg.dis_channels)
@@ -153,7 +160,8 @@ def save_model(path: PathLike, vqvae: VQVAE, structure: StructureGenerator, gene
     configs = {"vqvae": to_dict(vqvae.cfg), "structure": to_dict(structure.cfg), "texture": to_dict(tx)}
     config = {"format": FORMAT, "version": VERSION, **configs, "source": source}
     path.mkdir(parents=True, exist_ok=True)
-    io.save_tensors(path / WEIGHTS_FILE, tensors, metadata={"format": FORMAT, "version": str(VERSION)})
+    io.save_tensors(path / WEIGHTS_FILE, tensors,
+                    metadata={"format": FORMAT, "version": str(VERSION), "sha256": digest(tensors)})
     io.save_json(path / CONFIG_FILE, config)
     if card:
         text = card if isinstance(card, str) else _card(
@@ -164,6 +172,17 @@ def save_model(path: PathLike, vqvae: VQVAE, structure: StructureGenerator, gene
 
 
 # ------------------------------------------------------------------------------------------------ reading
+class ModelFileError(ValueError):
+    """A model directory is malformed, inconsistent or corrupt (the message names the file and the key)."""
+
+
+MAX_CONFIG_BYTES = 1 << 20  # config.json holds three small sections and the provenance
+_KEYS = ("format", "version", "vqvae", "structure", "texture", "source")
+# safetensors dtype names: the floating ones load into float32 parameters, the integer ones into int64 counters
+_FLOATS = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_INTS = {"I8": torch.int8, "I16": torch.int16, "I32": torch.int32, "I64": torch.int64, "U8": torch.uint8}
+
+
 def _model_dir(path: PathLike) -> Path:
     path = Path(path).expanduser()
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE):
@@ -171,72 +190,222 @@ def _model_dir(path: PathLike) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"model directory {path} does not exist")
     if not path.is_dir():
-        raise ValueError(f"{path} is a file, not a model directory (a directory with {CONFIG_FILE} and "
-                         f"{WEIGHTS_FILE})")
+        raise ModelFileError(f"{path} is a file, not a model directory (a directory with {CONFIG_FILE} and "
+                             f"{WEIGHTS_FILE})")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a pyinpaint model: {name} is missing")
     return path
 
 
+def _read_json(where: Path) -> Any:
+    """config.json, bounded: at most MAX_CONFIG_BYTES of UTF-8 JSON (no NaN or infinities)."""
+    with open(where, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelFileError(f"{where}: larger than {MAX_CONFIG_BYTES} bytes, not a model config")
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a valid number here")
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=no_constant)
+    except UnicodeDecodeError as e:
+        raise ModelFileError(f"{where} is not UTF-8 text (byte {e.start}): not a model config") from None
+    except RecursionError:
+        raise ModelFileError(f"{where}: JSON nested too deeply, not a model config") from None
+    except ValueError as e:
+        raise ModelFileError(f"{where} is not valid JSON: {e}") from None
+
+
 def read_config(path: PathLike) -> dict[str, Any]:
     """The validated config.json of a model directory (format, version, the three config sections)."""
     path = _model_dir(path)
-    config = io.load_json(path / CONFIG_FILE)
     where = path / CONFIG_FILE
+    config = _read_json(where)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         found = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise ValueError(f"{where}: not a pyinpaint model (format {found!r}, expected {FORMAT!r})")
+        raise ModelFileError(f"{where}: not a pyinpaint model (format {found!r}, expected {FORMAT!r})")
     version = config.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{where}: format version must be an integer, got {version!r}")
+        raise ModelFileError(f"{where}: format version must be an integer, got {version!r}")
     if version > VERSION:
-        raise ValueError(f"{where}: model format version {version} is newer than this pyinpaint reads "
-                         f"(version {VERSION}): upgrade pyinpaint")
+        raise ModelFileError(f"{where}: model format version {version} is newer than this pyinpaint reads "
+                             f"(version {version} > {VERSION}): upgrade pyinpaint")
     if version < 1:
-        raise ValueError(f"{where}: invalid model format version {version}")
+        raise ModelFileError(f"{where}: invalid model format version {version}")
     missing = [k for k in ("vqvae", "structure", "texture") if not isinstance(config.get(k), dict)]
     if missing:
-        raise ValueError(f"{where}: missing config sections {missing}")
+        raise ModelFileError(f"{where}: missing config sections {missing}")
+    unknown = sorted(set(config) - set(_KEYS))
+    if unknown:
+        raise ModelFileError(f"{where}: unknown key {unknown[0]!r} (a config.json has {', '.join(_KEYS)})")
     return config
 
 
-def load_model(path: PathLike, device: str | torch.device = "cpu") -> Model:
-    """Read a model directory: the networks in eval mode on ``device``.
-
-    Clear errors for a missing directory or file, another format or a newer version, configs that do not fit
-    together, and weights that do not fit the configs (missing, unexpected or mis-shaped tensors)."""
-    path = _model_dir(path)
-    config = read_config(path)
-    where = path / CONFIG_FILE
+def _configs(config: dict[str, Any], where: Path) -> dict[str, Any]:
     cfgs = {}
     for key, cls in (("vqvae", VQVAEConfig), ("structure", StructureConfig), ("texture", TextureConfig)):
         try:
             cfgs[key] = from_dict(cls, config[key])
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: invalid {key} config: {e}") from None
+            raise ModelFileError(f"{where}: invalid {key} config: {e}") from None
     try:
         check_configs(cfgs["vqvae"], cfgs["structure"], cfgs["texture"])
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise ModelFileError(f"{where}: {e}") from None
+    return cfgs
 
-    state = io.load_tensors(path / WEIGHTS_FILE)
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
+
+def _header(where: Path) -> tuple[dict[str, tuple[tuple[int, ...], str]], dict[str, str]]:
+    """({tensor: (shape, safetensors dtype)}, metadata) of a safetensors file, reading no tensor data."""
+    try:
+        with safe_open(str(where), framework="pt") as f:
+            meta = f.metadata() or {}
+            info = {}
+            for k in f.keys():
+                sl = f.get_slice(k)
+                info[k] = (tuple(int(d) for d in sl.get_shape()), str(sl.get_dtype()))
+    except Exception as e:  # safetensors raises its own error types for a bad header
+        raise ModelFileError(f"{where} is not a readable safetensors file: {e}") from None
+    return info, meta
+
+
+def digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes, in name order): the weights' checksum."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().to("cpu").contiguous()
+        h.update(f"{k}\0{str(t.dtype)}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+class _MetaShapes(TorchFunctionMode):
+    """Random factories and elementwise arithmetic on meta tensors (the initialisers' ``randn(...) * 0.05``)
+    answered from shapes and dtypes: torch's own meta path for them imports sympy on first use, seconds at every
+    model load. Used inside ``with torch.device("meta")``."""
+
+    _OPS = {torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul, torch.mul, torch.Tensor.__add__,
+            torch.Tensor.__radd__, torch.Tensor.add, torch.add, torch.Tensor.__sub__, torch.Tensor.__rsub__,
+            torch.Tensor.sub, torch.sub, torch.Tensor.__truediv__, torch.Tensor.div, torch.div}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.randn, torch.rand):
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("generator", "device")}
+            return torch.empty(*args, **kwargs, device="meta")
+        if func in self._OPS and len(args) == 2 and not kwargs:
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            if all(t.is_meta for t in tensors) and all(isinstance(a, (torch.Tensor, int, float)) for a in args):
+                dtype = torch.result_type(*args)
+                if func in (torch.Tensor.__truediv__, torch.Tensor.div, torch.div) and not dtype.is_floating_point:
+                    dtype = torch.get_default_dtype()
+                shape = _broadcast([tuple(t.shape) for t in tensors])
+                if shape is not None:
+                    return torch.empty(shape, dtype=dtype, device="meta")
+        return func(*args, **kwargs)
+
+
+def _broadcast(shapes: list[tuple[int, ...]]) -> tuple[int, ...] | None:
+    """The broadcast of ``shapes`` (None when they do not broadcast: torch then says why)."""
+    n = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*((1,) * (n - len(s)) + s for s in shapes)):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
+@contextmanager
+def on_meta() -> Iterator[None]:
+    """Build networks on the meta device: their names, shapes and dtypes, no memory, no initialisation."""
+    with torch.device("meta"), _MetaShapes():
+        yield
+
+
+def _build(cfgs: dict[str, Any], discriminator: bool) -> dict[str, torch.nn.Module]:
+    """The networks on the meta device (see :func:`on_meta`)."""
+    with on_meta():
+        modules = {"vqvae": VQVAE(cfgs["vqvae"]), "structure": StructureGenerator(cfgs["structure"]),
+                   "texture": TextureGenerator(cfgs["texture"])}
+        if discriminator:
+            modules["discriminator"] = Discriminator(cfgs["texture"])
+    return modules
+
+
+def _check_header(modules: dict[str, torch.nn.Module], info: dict[str, tuple[tuple[int, ...], str]],
+                  where: Path) -> None:
+    """Every tensor the networks need is in the file with their shape and a usable dtype, and nothing else."""
+    want = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+    missing = [k for k in want if k not in info]
+    if missing:
+        raise ModelFileError(f"{where}: tensor {missing[0]!r} is missing ({len(missing)} missing; the config.json "
+                             "sections do not describe these weights, or the file is incomplete)")
+    unexpected = [k for k in info if k not in want]
+    if unexpected:
+        raise ModelFileError(f"{where}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected; the "
+                             "config.json sections do not describe these weights)")
+    for k, t in want.items():
+        shape, dtype = info[k]
+        if shape != tuple(t.shape):
+            raise ModelFileError(f"{where}: tensor {k!r} has shape {shape}, the config.json "
+                                 f"{k.partition('.')[0]} section needs {tuple(t.shape)}")
+        usable = _FLOATS if t.dtype.is_floating_point else _INTS
+        if dtype not in usable:
+            raise ModelFileError(f"{where}: tensor {k!r} has dtype {dtype}, expected "
+                                 f"{'a floating-point' if t.dtype.is_floating_point else 'an integer'} type "
+                                 f"({str(t.dtype).replace('torch.', '')})")
+
+
+def load_model(path: PathLike, device: str | torch.device = "cpu") -> Model:
+    """Read a model directory: the networks in eval mode on ``device``.
+
+    Everything is checked before any weight memory is allocated: config.json (types and ranges of every value,
+    configs that fit together), then the networks are built on the meta device and compared with the
+    safetensors header (names, shapes, dtypes; no tensor data read). Then the tensors are read, checked against
+    the file's checksum (files written by :func:`save_model`) and for NaN or infinite values, and assigned.
+    Errors: FileNotFoundError (no directory or file), ModelFileError (a ValueError naming the file and key)."""
+    path = _model_dir(path)
+    config = read_config(path)
+    cfgs = _configs(config, path / CONFIG_FILE)
+    where = path / WEIGHTS_FILE
+    info, meta = _header(where)
+    for key in info:
         head, _, rest = key.partition(".")
         if head not in SECTIONS or not rest:
-            raise ValueError(f"{path / WEIGHTS_FILE}: unexpected tensor {key!r} (tensor names start with "
-                             f"{', '.join(s + '.' for s in SECTIONS)})")
-        parts.setdefault(head, {})[rest] = value
-    absent = [s for s in SECTIONS[:3] if s not in parts]
+            raise ModelFileError(f"{where}: unexpected tensor {key!r} (tensor names start with "
+                                 f"{', '.join(s + '.' for s in SECTIONS)})")
+    absent = [s for s in SECTIONS[:3] if not any(k.startswith(s + ".") for k in info)]
     if absent:
-        raise ValueError(f"{path / WEIGHTS_FILE}: no weights for {absent}")
-    modules = {"vqvae": VQVAE(cfgs["vqvae"]), "structure": StructureGenerator(cfgs["structure"]),
-               "texture": TextureGenerator(cfgs["texture"])}
-    if "discriminator" in parts:
-        modules["discriminator"] = Discriminator(cfgs["texture"])
+        raise ModelFileError(f"{where}: no weights for {absent}")
+    modules = _build(cfgs, any(k.startswith("discriminator.") for k in info))
+    _check_header(modules, info, where)
+
+    state = io.load_tensors(where)
+    if "sha256" in meta and digest(state) != meta["sha256"]:
+        raise ModelFileError(f"{where}: the weights do not match the file's checksum: the file is corrupt")
     for name, module in modules.items():
-        io.load_state_into(module, parts[name], f"{path / WEIGHTS_FILE} ({name})")
+        own = module.state_dict()
+        part = {}
+        for k, target in own.items():
+            key = f"{name}.{k}"
+            t = state.pop(key, None)
+            if t is None or t.shape != target.shape:
+                raise ModelFileError(f"{where} changed while it was read (tensor {key!r}): load it again")
+            t = t.to(target.dtype)
+            if t.is_floating_point():
+                bad = int((~torch.isfinite(t)).sum())
+                if bad:
+                    raise ModelFileError(f"{where}: tensor {key!r} holds {bad} NaN or infinite values (of "
+                                         f"{t.numel()}): the weights are corrupt")
+            part[k] = t
+        module.load_state_dict(part, strict=True, assign=True)
+        left = [n for n, t in itertools.chain(module.named_parameters(), module.named_buffers()) if t.is_meta]
+        if left:
+            raise RuntimeError(f"internal error: {name} has tensors that are not in its state_dict: {left[:3]}")
         module.to(device).eval()
     return Model(modules["vqvae"], modules["structure"], modules["texture"], modules.get("discriminator"),
                  source=config.get("source"), path=path)
@@ -305,251 +474,4 @@ def export_runs(vqvae_run: PathLike | None, structure_run: PathLike, texture_run
     source = {"exported_from": {stage: {"run": str(run.resolve()), "step": _run_step(run)}
                                 for stage, run in (("vqvae", vqvae_run), ("structure", structure_run),
                                                    ("texture", texture_run))}}
-    return save_model(out, vqvae, structure, generator, discriminator, source, card=card, overwrite=overwrite)
-
-
-# ----------------------------------------------------------------------------- official checkpoints
-SHADOW = "/ExponentialMovingAverage"
-# Templates whose trained weights are the Polyak shadows in official stage checkpoints (train_vqvae.py and
-# train_structure_generator.py keep an ExponentialMovingAverage; later stages and save_full_model.py restore
-# from it). The texture generator and discriminator are trained and used without averaging.
-SHADOWED = ("vq_encoder/", "vq_decoder/", "structure_condition/", "structure_pixelcnn/")
-# flags that the weights do not determine
-REQUIRED_FLAGS = {"image_size": "the networks are fully convolutional, so the weights do not fix the image size"}
-
-
-@dataclass(frozen=True)
-class _Shape:
-    shape: tuple[int, ...]
-
-
-def _indexed(arrays: Mapping[str, Any], template: str, kind: str, leaf: str) -> list[tuple[int, ...]]:
-    """Shapes of ``template/kind_i/leaf`` for i = 0, 1, ... (must be numbered without gaps)."""
-    pat = re.compile(rf"^{re.escape(template)}/{kind}_(\d+)/{leaf}$")
-    found = {int(m.group(1)): tuple(int(s) for s in arrays[n].shape) for n in arrays if (m := pat.match(n))}
-    if sorted(found) != list(range(len(found))):
-        raise ValueError(f"{template}/{kind}_* layers are not numbered 0..{len(found) - 1}: {sorted(found)[:10]}")
-    return [found[i] for i in range(len(found))]
-
-
-def infer_structure_config(arrays: Mapping[str, Any], image_size: int = 256, **overrides) -> StructureConfig:
-    """Structure-generator widths from the official variable shapes (``arrays``: name -> anything with .shape).
-
-    Condition net: ``wnconv2d_0/V`` [5, 5, 5, c] and ``wnconv2d_1/V`` [3, 3, 2c, r]. PixelCNN: ``wnconv2d_0/V``
-    [2, 3, D + 1, C], ``wnconv2d_3/V`` [2, 3, 2C, R], 3 + 4 x (resnet pairs) convolutions; the ``wndense``
-    layers, in creation order, are per pair the u block's h nin [2Hc, 2C] and the ul block's a nin [2C, R] and
-    h nin [2Hc, 2C]; after the last pair of each attention group 3 x heads q, k, v nins ([C, C//8], [C, C//8],
-    [C, C//2]) and the output nin [heads x C//2, C]; then the output resnets' nins [C, C] and the logits [C, K].
-    """
-    try:
-        cond = _indexed(arrays, "structure_condition", "wnconv2d", "V")
-        conv = _indexed(arrays, "structure_pixelcnn", "wnconv2d", "V")
-        dense = _indexed(arrays, "structure_pixelcnn", "wndense", "V")
-    except ValueError as e:
-        raise ValueError(f"not an official structure generator: {e}") from None
-    if not cond or not conv or not dense:
-        raise ValueError("no structure generator in the checkpoint (structure_condition/*, structure_pixelcnn/*)")
-    if len(cond) != 30 or len(cond[0]) != 4 or cond[0][:3] != (5, 5, 5):
-        raise ValueError(f"unexpected structure_condition: {len(cond)} wnconv2d layers (official: 30), first "
-                         f"{cond[0]}")
-    resnets, rest = divmod(len(conv) - 3, 4)
-    if rest or resnets < 1:
-        raise ValueError(f"unexpected number of structure_pixelcnn wnconv2d layers: {len(conv)}")
-    c, r = cond[0][3], cond[1][3]
-    d, ch = conv[0][2] - 1, conv[0][3]
-    res = conv[3][3]
-    h_nin, aux, q, v = (16 * c, 2 * ch), (2 * ch, res), (ch, ch // 8), (ch, ch // 2)
-
-    def fail(i: int, what: str):
-        got = dense[i] if i < len(dense) else "nothing"
-        return ValueError(f"structure_pixelcnn/wndense_{i}/V: expected {what}, found {got} (inferred C={ch}, "
-                          f"R={res}, h channels {8 * c})")
-
-    i, pairs, groups = 0, 0, []
-    pair = ((h_nin, "the u block's h nin"), (aux, "the ul block's a nin"), (h_nin, "the ul block's h nin"))
-    for _ in range(resnets):
-        for want, what in pair:
-            if i >= len(dense) or dense[i] != want:
-                raise fail(i, f"{what} {want}")
-            i += 1
-        pairs += 1
-        if i < len(dense) and dense[i] == q:  # an attention block closes this group
-            heads = 0
-            while dense[i:i + 3] == [q, q, v]:
-                heads, i = heads + 1, i + 3
-            if i >= len(dense) or dense[i] != (heads * (ch // 2), ch):
-                raise fail(i, f"the attention output nin {(heads * (ch // 2), ch)}")
-            groups.append((pairs, heads))
-            i, pairs = i + 1, 0
-    if pairs or not groups:
-        raise ValueError(f"structure_pixelcnn: the last {pairs} resnet pairs end without an attention block")
-    if len(set(groups)) != 1:
-        raise ValueError(f"structure_pixelcnn: attention groups differ in size or heads: {groups} "
-                         "((pairs, heads) per group)")
-    for j in range(i, len(dense) - 1):
-        if dense[j] != (ch, ch):
-            raise fail(j, f"an output resnet nin {(ch, ch)}")
-    if len(dense) <= i or dense[-1][0] != ch:
-        raise fail(len(dense) - 1, f"the logits nin ({ch}, K)")
-    kw = dict(image_size=image_size, embedding_dim=d, num_embeddings=dense[-1][1], cond_channels=c,
-              cond_res_channels=r, channels=ch, res_channels=res, resnets=resnets, out_resnets=len(dense) - 1 - i,
-              attention=len(groups), heads=groups[0][1])
-    kw.update(overrides)
-    return StructureConfig(**kw)
-
-
-def infer_texture_config(arrays: Mapping[str, Any], image_size: int = 256, **overrides) -> TextureConfig:
-    """Texture generator (and discriminator) widths from the official variable shapes: ``gated_conv2d_0/W``
-    [5, 5, 5, c], the structure branch's ``gated_conv2d_4/W`` [3, 3, D, 4c], ``snconv2d_0/W`` [5, 5, 4, c_d]
-    (when the checkpoint holds the discriminator; otherwise ``dis_channels`` keeps its default or override)."""
-    try:
-        g0 = tuple(arrays["texture_generator/gated_conv2d_0/W"].shape)
-        g4 = tuple(arrays["texture_generator/gated_conv2d_4/W"].shape)
-    except KeyError as e:
-        raise ValueError(f"no texture generator in the checkpoint: {e} is missing") from None
-    if len(g0) != 4 or g0[:3] != (5, 5, 5) or len(g4) != 4 or g4[3] != 4 * g0[3]:
-        raise ValueError(f"unexpected texture_generator shapes: gated_conv2d_0/W {g0}, gated_conv2d_4/W {g4}")
-    kw: dict[str, Any] = dict(image_size=image_size, embedding_dim=g4[2], channels=g0[3])
-    if "texture_discriminator/snconv2d_0/W" in arrays:
-        kw["dis_channels"] = int(arrays["texture_discriminator/snconv2d_0/W"].shape[3])
-    kw.update(overrides)
-    return TextureConfig(**kw)
-
-
-class _Checkpoints:
-    """One or several official checkpoints seen as one set of variables, shadows preferred where they count."""
-
-    def __init__(self, paths: Sequence[PathLike]):
-        from pyinpaint import tfcheckpoint
-
-        self.tfc = tfcheckpoint
-        self.prefixes = [tfcheckpoint.resolve_prefix(p) for p in paths]
-        self.where: dict[str, list[tuple[Path, tuple[int, ...]]]] = {}
-        for prefix in self.prefixes:
-            for name, (shape, _) in tfcheckpoint.list_variables(prefix).items():
-                self.where.setdefault(name, []).append((prefix, tuple(shape)))
-
-    def source(self, name: str) -> str:
-        """The stored name that holds ``name``'s weights: its EMA shadow for the VQ-VAE and structure generator."""
-        if name.startswith(SHADOWED) and name + SHADOW in self.where:
-            return name + SHADOW
-        return name
-
-    def shapes(self) -> dict[str, _Shape]:
-        plain = {n[: -len(SHADOW)] if n.endswith(SHADOW) else n for n in self.where}
-        return {n: _Shape(self.where.get(self.source(n), self.where.get(n + SHADOW))[0][1]) for n in plain}
-
-    def read(self, names: list[str]) -> dict[str, np.ndarray]:
-        """{official name: array} for the names present (a name held by several checkpoints must agree)."""
-        wanted: dict[Path, list[str]] = {}
-        for name in names:
-            src = self.source(name)
-            for prefix, _ in self.where.get(src, []):
-                wanted.setdefault(prefix, []).append(src)
-        out: dict[str, np.ndarray] = {}
-        origin: dict[str, Path] = {}
-        for prefix, srcs in wanted.items():
-            for src, a in self.tfc.read_checkpoint(prefix, names=srcs).items():
-                name = src[: -len(SHADOW)] if src.endswith(SHADOW) else src
-                if name in out and not (out[name].shape == a.shape and np.array_equal(out[name], a)):
-                    raise ValueError(f"the checkpoints disagree on {src}: {origin[name]} and {prefix} hold different "
-                                     "values (were the stages trained on the same VQ-VAE?)")
-                out[name], origin[name] = a, prefix
-        return out
-
-
-def _flag_value(flags: Mapping[str, Any], name: str, kind=int):
-    try:
-        return kind(flags[name])
-    except (TypeError, ValueError):
-        raise ValueError(f"flag {name} must be {kind.__name__}, got {flags[name]!r}") from None
-
-
-def official_configs(arrays: Mapping[str, Any], flags: Mapping[str, Any] | None = None
-                     ) -> tuple[VQVAEConfig, StructureConfig, TextureConfig]:
-    """The three configs of an official full model: widths inferred from the variable shapes, the rest (the
-    image size; optionally the VQ training constants and dropout) from the official flags, which must agree
-    with the shapes where both say something."""
-    from pyinpaint.models.official import infer_vqvae_config
-
-    flags = dict(flags or {})
-    missing = [f"{k} ({why})" for k, why in REQUIRED_FLAGS.items() if flags.get(k) is None]
-    if missing:
-        raise ValueError("the checkpoint does not determine " + "; ".join(missing) + ": pass the official flags, "
-                         "e.g. flags={'image_size': 256} (the --image_size the model was trained with)")
-    if flags.get("resnet_nonlinearity", "concat_elu") != "concat_elu":
-        raise ValueError(f"resnet_nonlinearity {flags['resnet_nonlinearity']!r} is not supported (only concat_elu, "
-                         "the one every released model uses)")
-    size = _flag_value(flags, "image_size")
-    vq_extra = {ours: _flag_value(flags, theirs, float) for ours, theirs in
-                (("commitment_cost", "commitment_cost"), ("decay", "decay")) if flags.get(theirs) is not None}
-    st_extra = {"dropout": _flag_value(flags, "dropout_s", float)} if flags.get("dropout_s") is not None else {}
-    has_dis = "texture_discriminator/snconv2d_0/W" in arrays
-    tx_extra = ({"dis_channels": _flag_value(flags, "nr_channel_dis_t")}
-                if not has_dis and flags.get("nr_channel_dis_t") is not None else {})
-    try:
-        vq = infer_vqvae_config(arrays, image_size=size, **vq_extra)
-    except KeyError as e:
-        raise ValueError(f"no VQ-VAE in the checkpoint: {e.args[0] if e.args else e}") from None
-    st = infer_structure_config(arrays, size, **st_extra)
-    tx = infer_texture_config(arrays, size, **tx_extra)
-    conflicts = []
-    for cfg in (vq, st, tx):
-        for ours, theirs in type(cfg).official_flags.items():
-            if flags.get(theirs) is not None and ours not in ("dropout", "commitment_cost", "decay"):
-                value = getattr(cfg, ours)
-                try:
-                    same = type(value)(flags[theirs]) == value
-                except (TypeError, ValueError):
-                    same = False
-                if not same:
-                    conflicts.append(f"--{theirs} {flags[theirs]!r} but the weights say {getattr(cfg, ours)!r}")
-    if conflicts:
-        raise ValueError("the flags contradict the checkpoint: " + "; ".join(sorted(set(conflicts))))
-    check_configs(vq, st, tx)
-    return vq, st, tx
-
-
-def convert_official(ckpt: PathLike | Sequence[PathLike], out: PathLike, flags: Mapping[str, Any] | None = None, *,
-                     overwrite: bool = False, card: str | bool = True) -> Path:
-    """Convert an official TensorFlow checkpoint (read without TensorFlow) into a model directory.
-
-    ``ckpt``: anything :func:`~pyinpaint.tfcheckpoint.resolve_prefix` accepts (prefix, .index, .data file, or a
-    directory with a ``checkpoint`` file): a full model as ``save_full_model.py`` writes it, or a list of stage
-    checkpoints that together hold every network (e.g. the structure and texture stages; variables they share
-    must be equal). Where a checkpoint holds ``<var>/ExponentialMovingAverage`` shadows (stage checkpoints),
-    they are used for the VQ-VAE and the structure generator, as the official pipeline does; the texture
-    generator and discriminator are read by their plain names. Widths are inferred from the shapes; ``flags``
-    (official argparse names, e.g. ``{"image_size": 256}``) give the rest, and a clear error lists what is
-    missing. The discriminator is included when the checkpoint has one. Returns the model directory.
-    """
-    from pyinpaint.models import official
-
-    paths = [ckpt] if isinstance(ckpt, (str, os.PathLike)) else list(ckpt)
-    if not paths:
-        raise ValueError("no checkpoint given")
-    cps = _Checkpoints(paths)
-    vq_cfg, st_cfg, tx_cfg = official_configs(cps.shapes(), flags)
-    vqvae, structure, generator = VQVAE(vq_cfg), StructureGenerator(st_cfg), TextureGenerator(tx_cfg)
-    names = {"vqvae": official.vqvae_names(vqvae), "structure": official.structure_names(structure),
-             "texture": official.texture_names(generator)}
-    discriminator = None
-    if any(n.startswith("texture_discriminator/") for n in cps.where):
-        discriminator = Discriminator(tx_cfg)
-        names["discriminator"] = official.discriminator_names(discriminator)
-    wanted = [n for group in names.values() for n in group]
-    arrays = cps.read(wanted)
-    for what, group in names.items():
-        try:
-            official.load_official(group, arrays)
-        except KeyError as e:
-            raise ValueError(f"the checkpoint lacks {what} variables: {e.args[0] if e.args else e}") from None
-    shadows = sorted({cps.source(n) for n in wanted if cps.source(n).endswith(SHADOW)})
-    prefixes = [str(p.resolve()) for p in cps.prefixes]
-    source = {"converted_from": prefixes[0] if len(prefixes) == 1 else prefixes,
-              "flags": dict(flags) if flags is not None else None,
-              "ema_shadows_used": len(shadows)}
-    for m in (vqvae, structure, generator, discriminator):
-        if m is not None:
-            m.eval()
     return save_model(out, vqvae, structure, generator, discriminator, source, card=card, overwrite=overwrite)

@@ -42,8 +42,7 @@ def copy_vqvae_into(run: str | Path, vqvae_run: str | Path) -> None:
         raise FileNotFoundError(f"{src} has no ema.safetensors yet (no checkpoint was written)")
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "ema.safetensors"):
-        shutil.copyfile(src / name, dst / f".{name}.tmp")
-        (dst / f".{name}.tmp").replace(dst / name)
+        io.atomic_write(dst / name, lambda tmp, name=name: shutil.copyfile(src / name, tmp))
 
 
 def load_structure(run: str | Path, device: str | torch.device = "cpu"):

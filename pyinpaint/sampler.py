@@ -139,7 +139,7 @@ def _cached_loop(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, no
         logits = pixelcnn.step(state, e_prev, p)
         if step is None:  # logits' dtype, device and layout are the same at every position: decide once
             step = sample_op.step_function(sample_op.choose_backend(
-                logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]))
+                logits, noise[:, p], codebook, temperature, top_k, draw_backend, codes_out=codes[:, p]).require())
         _, e_prev = step(logits, noise[:, p], codebook, temperature, top_k, codes_out=codes[:, p])
         if ent is not None:
             ent[:, p] = entropy_bits(logits)

@@ -1,4 +1,6 @@
-"""Read and write TensorFlow checkpoints (format V2, the ``tf.train.Saver`` "tensor bundle") without TensorFlow.
+"""Read TensorFlow checkpoints (format V2, the ``tf.train.Saver`` "tensor bundle") without TensorFlow.
+
+The package only reads them; the tests' writer (``tests/tfwriter.py``) builds checkpoints to read.
 
 A V2 checkpoint with prefix ``P`` is ``P.index`` plus one or more data shards ``P.data-NNNNN-of-MMMMM``.
 
@@ -37,13 +39,12 @@ import math
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator
 
 import numpy as np
 
-__all__ = ["CheckpointError", "read_checkpoint", "list_variables", "resolve_prefix", "write_checkpoint", "crc32c"]
+__all__ = ["CheckpointError", "read_checkpoint", "list_variables", "resolve_prefix", "crc32c"]
 
 _MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48                 # two block handles padded to 40 bytes, then the 8-byte magic
@@ -207,17 +208,6 @@ def _varint(buf, pos: int, where: str) -> tuple[int, int]:
             raise CheckpointError(f"{where}: varint longer than 10 bytes")
 
 
-def _put_varint(n: int) -> bytes:
-    if n < 0:
-        n &= (1 << 64) - 1
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _signed64(n: int) -> int:
     return n - (1 << 64) if n >= 1 << 63 else n
 
@@ -248,18 +238,6 @@ def _proto_fields(buf: bytes, where: str) -> Iterator[tuple[int, int, object]]:
         if field == 0:
             raise CheckpointError(f"{where}: invalid protobuf field number 0")
         yield field, wire, value
-
-
-def _pb_varint(field: int, n: int) -> bytes:
-    return _put_varint(field << 3) + _put_varint(n)
-
-
-def _pb_bytes(field: int, payload: bytes) -> bytes:
-    return _put_varint(field << 3 | 2) + _put_varint(len(payload)) + payload
-
-
-def _pb_fixed32(field: int, n: int) -> bytes:
-    return _put_varint(field << 3 | 5) + struct.pack("<I", n)
 
 
 def _snappy_decompress(buf: bytes, where: str) -> bytes:
@@ -310,22 +288,6 @@ def _snappy_decompress(buf: bytes, where: str) -> bytes:
             break
     if len(out) != n:
         raise CheckpointError(f"{where}: corrupt snappy block (decoded {len(out)} bytes, header says {n})")
-    return bytes(out)
-
-
-def _snappy_literal(data: bytes) -> bytes:
-    """A valid (uncompressed, literal-only) snappy encoding of ``data``: for tests of the decoder path."""
-    out = bytearray(_put_varint(len(data)))
-    for i in range(0, len(data), 1 << 16):
-        piece = data[i:i + (1 << 16)]
-        n = len(piece) - 1
-        if n < 60:
-            out.append(n << 2)
-        else:
-            nb = (n.bit_length() + 7) // 8
-            out.append((59 + nb) << 2)
-            out += n.to_bytes(nb, "little")
-        out += piece
     return bytes(out)
 
 
@@ -400,98 +362,6 @@ def _block_entries(blk: bytes, where: str) -> list[tuple[bytes, bytes]]:
     return entries
 
 
-def _shortest_separator(start: bytes, limit: bytes) -> bytes:
-    """LevelDB's BytewiseComparator::FindShortestSeparator: a short key in [start, limit)."""
-    n = min(len(start), len(limit))
-    i = 0
-    while i < n and start[i] == limit[i]:
-        i += 1
-    if i < n and start[i] < 0xFF and start[i] + 1 < limit[i]:
-        return start[:i] + bytes([start[i] + 1])
-    return start
-
-
-def _short_successor(key: bytes) -> bytes:
-    for i, b in enumerate(key):
-        if b != 0xFF:
-            return key[:i] + bytes([b + 1])
-    return key
-
-
-class _BlockBuilder:
-    def __init__(self, restart_interval: int):
-        self.interval = restart_interval
-        self.buf = bytearray()
-        self.restarts = [0]
-        self.count = 0
-        self.last = b""
-
-    def add(self, key: bytes, value: bytes) -> None:
-        shared = 0
-        if self.count < self.interval:
-            n = min(len(self.last), len(key))
-            while shared < n and self.last[shared] == key[shared]:
-                shared += 1
-        else:
-            self.restarts.append(len(self.buf))
-            self.count = 0
-        self.buf += _put_varint(shared) + _put_varint(len(key) - shared) + _put_varint(len(value))
-        self.buf += key[shared:] + value
-        self.last = key
-        self.count += 1
-
-    def size_estimate(self) -> int:
-        return len(self.buf) + 4 * len(self.restarts) + 4
-
-    def empty(self) -> bool:
-        return not self.buf
-
-    def finish(self) -> bytes:
-        return bytes(self.buf) + b"".join(struct.pack("<I", r) for r in self.restarts) + struct.pack("<I", len(self.restarts))
-
-
-def _build_table(items: Iterable[tuple[bytes, bytes]], *, block_size: int, restart_interval: int,
-                 snappy: bool = False) -> bytes:
-    """An SSTable as TensorFlow's TableBuilder writes it (sorted keys; byte-identical for the same options)."""
-    out = bytearray()
-
-    def write_block(builder: _BlockBuilder) -> bytes:
-        contents = builder.finish()
-        kind = _NO_COMPRESSION
-        if snappy:
-            contents, kind = _snappy_literal(contents), _SNAPPY
-        handle = _put_varint(len(out)) + _put_varint(len(contents))
-        out.extend(contents)
-        out.append(kind)
-        out.extend(struct.pack("<I", _mask(crc32c(bytes([kind]), crc32c(contents)))))
-        return handle
-
-    data = _BlockBuilder(restart_interval)
-    index = _BlockBuilder(1)
-    pending: bytes | None = None
-    last = None
-    for key, value in items:
-        if last is not None and key <= last:
-            raise ValueError(f"SSTable keys must be strictly increasing ({last!r} then {key!r})")
-        if pending is not None:
-            index.add(_shortest_separator(last, key), pending)
-            pending = None
-        data.add(key, value)
-        last = key
-        if data.size_estimate() >= block_size:
-            pending = write_block(data)
-            data = _BlockBuilder(restart_interval)
-    if not data.empty():
-        pending = write_block(data)
-    metaindex = write_block(_BlockBuilder(restart_interval))
-    if pending is not None:
-        index.add(_short_successor(last), pending)
-    index_handle = write_block(index)
-    footer = metaindex + index_handle
-    out.extend(footer + bytes(40 - len(footer)) + struct.pack("<Q", _MAGIC))
-    return bytes(out)
-
-
 # ------------------------------------------------------------------------------------------------ bundle
 
 # DataType enum (types.proto) -> numpy dtype. DT_BFLOAT16 (14) is special-cased (read as float32, exactly).
@@ -505,10 +375,6 @@ _DTYPES: dict[int, np.dtype] = {
 }
 _DT_STRING, _DT_BFLOAT16 = 7, 14
 _UNSUPPORTED = {20: "DT_RESOURCE", 21: "DT_VARIANT"}
-_ENUM_OF = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3, np.dtype(np.uint8): 4,
-            np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.complex64): 8, np.dtype(np.int64): 9,
-            np.dtype(np.bool_): 10, np.dtype(np.uint16): 17, np.dtype(np.complex128): 18, np.dtype(np.float16): 19,
-            np.dtype(np.uint32): 22, np.dtype(np.uint64): 23}
 
 
 class _Entry:
@@ -627,8 +493,8 @@ class _Bundle:
             if e.dtype in _UNSUPPORTED:
                 raise NotImplementedError(f"{where} has dtype {_UNSUPPORTED[e.dtype]}, which this reader does not support")
             dt = e.np_dtype(where)
-            if e.dtype not in (_DT_STRING, _DT_BFLOAT16):
-                expected = math.prod(e.shape) * dt.itemsize
+            if e.dtype != _DT_STRING:
+                expected = math.prod(e.shape) * (2 if e.dtype == _DT_BFLOAT16 else dt.itemsize)
                 if e.size != expected:
                     raise CheckpointError(f"{where}: {e.size} bytes for shape {e.shape} of {dt} (expected {expected})")
         out: dict[str, np.ndarray] = {}
@@ -707,27 +573,62 @@ _DATA_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _STATE_RE = re.compile(r"""^\s*model_checkpoint_path\s*:\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')""", re.M)
 
 
+_MAX_STATE_BYTES = 1 << 20       # a 'checkpoint' state file names a few paths
+
+
+def _stat(p: Path, test, what: str) -> bool:
+    """``test(p)`` (is_file, is_dir), with a path the OS refuses (too long, ...) a CheckpointError naming ``what``."""
+    try:
+        return test(p)
+    except OSError as e:
+        raise CheckpointError(f"{what}: cannot use path {str(p)[:200]!r}{'...' if len(str(p)) > 200 else ''}: "
+                              f"{e.strerror or e}") from None
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
+def _state_prefix(d: Path, state: Path) -> Path:
+    """The prefix that the directory's ``checkpoint`` state file (a text CheckpointState proto) names."""
+    with open(state, "rb") as f:
+        raw_text = f.read(_MAX_STATE_BYTES + 1)
+    if len(raw_text) > _MAX_STATE_BYTES:
+        raise CheckpointError(f"{state}: larger than {_MAX_STATE_BYTES} bytes, not a checkpoint state file")
+    m = _STATE_RE.search(raw_text.decode("utf-8", errors="replace"))
+    if not m:
+        raise CheckpointError(f"{state}: no model_checkpoint_path entry")
+    raw = m.group(1) if m.group(1) is not None else m.group(2)
+    try:
+        name = codecs.escape_decode(raw.encode("utf-8"))[0].decode("utf-8")
+    except (ValueError, UnicodeError) as e:          # a bad escape; bytes that are not UTF-8
+        raise CheckpointError(f"{state}: model_checkpoint_path is not a valid UTF-8 path ({e})") from None
+    if not name or "\x00" in name:
+        raise CheckpointError(f"{state}: model_checkpoint_path {name!r} is not a valid path")
+    target = Path(name)
+    prefix = target if target.is_absolute() else d / target
+    what = f"{state} names checkpoint {name[:200]!r}"
+    if not _stat(_suffixed(prefix, ".index"), Path.is_file, what) and _is_file(_suffixed(d / target.name, ".index")):
+        prefix = d / target.name
+    if not _stat(_suffixed(prefix, ".index"), Path.is_file, what):
+        raise FileNotFoundError(f"{state} names checkpoint {prefix}, but {_suffixed(prefix, '.index')} "
+                                "does not exist")
+    return prefix
+
+
 def resolve_prefix(path: str | os.PathLike) -> Path:
     """The checkpoint prefix for ``path``: the prefix itself, its ``.index`` file, one of its ``.data-*`` files,
     its ``.meta`` graph, or a directory whose ``checkpoint`` state file names the latest checkpoint (relative
     paths are taken relative to that directory; an absolute one that no longer exists falls back to the same
     name inside the directory, for moved checkpoints). Raises FileNotFoundError when no ``.index`` file exists."""
     p = Path(path).expanduser()
-    if p.is_dir():
+    if _stat(p, lambda q: q.is_dir(), f"checkpoint path {path}"):
         state = p / "checkpoint"
         if state.is_file():
-            m = _STATE_RE.search(state.read_text(encoding="utf-8", errors="replace"))
-            if not m:
-                raise CheckpointError(f"{state}: no model_checkpoint_path entry")
-            raw = m.group(1) if m.group(1) is not None else m.group(2)
-            target = Path(codecs.escape_decode(raw.encode("utf-8"))[0].decode("utf-8"))
-            prefix = target if target.is_absolute() else p / target
-            if not _suffixed(prefix, ".index").is_file() and _suffixed(p / target.name, ".index").is_file():
-                prefix = p / target.name
-            if not _suffixed(prefix, ".index").is_file():
-                raise FileNotFoundError(f"{state} names checkpoint {prefix}, but {_suffixed(prefix, '.index')} "
-                                        "does not exist")
-            return prefix
+            return _state_prefix(p, state)
         indexes = sorted(p.glob("*.index"))
         if len(indexes) == 1:
             return indexes[0].with_suffix("")
@@ -738,11 +639,11 @@ def resolve_prefix(path: str | os.PathLike) -> Path:
         p = p.with_name(name[: -len(".index")])
     elif _DATA_RE.search(name):
         p = p.with_name(_DATA_RE.sub("", name))
-    elif name.endswith(".meta") and _suffixed(p.with_name(name[: -len(".meta")]), ".index").is_file():
+    elif name.endswith(".meta") and _is_file(_suffixed(p.with_name(name[: -len(".meta")]), ".index")):
         p = p.with_name(name[: -len(".meta")])
     index = _suffixed(p, ".index")
-    if not index.is_file():
-        hint = " (a single-file V1 checkpoint? only format V2 is supported)" if p.is_file() else ""
+    if not _stat(index, Path.is_file, f"checkpoint path {path}"):
+        hint = " (a single-file V1 checkpoint? only format V2 is supported)" if _is_file(p) else ""
         raise FileNotFoundError(f"no TensorFlow checkpoint at {path}: {index} does not exist{hint}")
     return p
 
@@ -773,86 +674,3 @@ def read_checkpoint(prefix: str | os.PathLike, *, names: Iterable[str] | None = 
     return bundle.read(wanted, verify)
 
 
-def _encode_tensor(name: str, value) -> tuple[int, tuple[int, ...], bytes, int]:
-    """(dtype enum, shape, bytes, crc32c) of one tensor, as TensorFlow's BundleWriter writes it."""
-    arr = np.asarray(value)
-    if arr.dtype.kind in "SUO":
-        flat = [x.encode("utf-8") if isinstance(x, str) else x for x in arr.reshape(-1).tolist()]
-        if not all(isinstance(x, (bytes, bytearray)) for x in flat):
-            raise TypeError(f"tensor {name!r}: object arrays must hold bytes or str")
-        flat = [bytes(x) for x in flat]
-        lengths = b"".join(_put_varint(len(x)) for x in flat)
-        raw = b"".join(struct.pack("<I", len(x)) if len(x) <= _M32 else struct.pack("<Q", len(x)) for x in flat)
-        crc = crc32c(raw)
-        length_crc = struct.pack("<I", _mask(crc))
-        payload = b"".join(flat)
-        crc = crc32c(payload, crc32c(length_crc, crc))
-        return _DT_STRING, arr.shape, lengths + length_crc + payload, crc
-    native = arr.dtype.newbyteorder("=")
-    if native not in _ENUM_OF:
-        raise TypeError(f"tensor {name!r}: dtype {arr.dtype} has no TensorFlow checkpoint equivalent")
-    data = np.ascontiguousarray(arr, dtype=native.newbyteorder("<") if native.itemsize > 1 else native).tobytes()
-    return _ENUM_OF[native], arr.shape, data, crc32c(data)
-
-
-def write_checkpoint(prefix: str | os.PathLike, arrays: Mapping[str, object], *, write_state: bool = False,
-                     block_size: int = 262144, restart_interval: int = 16, _snappy: bool = False) -> Path:
-    """Write ``arrays`` as a TensorFlow V2 checkpoint: ``prefix.index`` + ``prefix.data-00000-of-00001``.
-
-    Like tf.train.Saver: tensors stored in sorted name order, one shard, an uncompressed SSTable index
-    (TensorFlow's block size and restart interval by default), little-endian, CRC-32C on every tensor.
-    Names must be non-empty (TF names without ":0"). numpy dtypes map to the TF dtype of the same
-    width; str/bytes arrays become DT_STRING. ``write_state`` also writes the directory's ``checkpoint`` file
-    (what tf.train.latest_checkpoint reads). Files are written atomically. Returns the prefix."""
-    prefix = Path(prefix)
-    if prefix.is_dir():
-        raise IsADirectoryError(f"{prefix} is a directory; a checkpoint prefix names files (e.g. {prefix / 'model.ckpt'})")
-    keyed = []
-    for name, value in arrays.items():
-        if not isinstance(name, str) or not name or name.startswith("\x00"):
-            raise ValueError(f"invalid tensor name {name!r}: names must be non-empty strings")
-        keyed.append((name.encode("utf-8"), name, value))
-    keyed.sort(key=lambda t: t[0])
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    data_path = _suffixed(prefix, ".data-00000-of-00001")
-    index_items = []
-    header = _pb_varint(1, 1) + _pb_bytes(3, _pb_varint(1, 1))     # num_shards 1, little-endian, producer 1
-    index_items.append((b"", header))
-
-    def write_data(tmp):
-        offset = 0
-        with open(tmp, "wb") as f:
-            for key, name, value in keyed:
-                dtype, shape, data, crc = _encode_tensor(name, value)
-                f.write(data)
-                shape_msg = b"".join(_pb_bytes(2, _pb_varint(1, d) if d else b"") for d in shape)
-                entry = _pb_varint(1, dtype) + _pb_bytes(2, shape_msg)
-                if offset:
-                    entry += _pb_varint(4, offset)
-                if data:
-                    entry += _pb_varint(5, len(data))
-                if _mask(crc):                                      # proto3 omits zero fields
-                    entry += _pb_fixed32(6, _mask(crc))
-                index_items.append((key, entry))
-                offset += len(data)
-
-    _atomic_write(data_path, write_data)
-    table = _build_table(index_items, block_size=block_size, restart_interval=restart_interval, snappy=_snappy)
-    _atomic_write(_suffixed(prefix, ".index"), lambda tmp: Path(tmp).write_bytes(table))
-    if write_state:
-        quoted = prefix.name.replace("\\", "\\\\").replace('"', '\\"')
-        text = f'model_checkpoint_path: "{quoted}"\nall_model_checkpoint_paths: "{quoted}"\n'
-        _atomic_write(prefix.parent / "checkpoint", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return prefix
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -6,6 +6,8 @@ Replay (fast-pixel-cnn style): a random input goes through forward(); the same i
 replay runs in float64 (the algorithm: agreement to 1e-10) and in float32 (the sampler's dtype: ~1e-5).
 """
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ import torch
 
 from pyinpaint.config import StructureConfig, structure_preset, vqvae_preset
 from pyinpaint.inpainter import SAMPLERS, Inpainter
-from pyinpaint.models import layers
+from pyinpaint.kernels import causal_conv as cc
 from pyinpaint.models.layers import CausalSelfAttention, GatedResBlock, WNConv2d, concat_elu
 from pyinpaint.models.structure import PixelCNN, StructureGenerator
 from pyinpaint.models.vqvae import VQVAE
@@ -27,7 +29,7 @@ DTYPES = [pytest.param(torch.float64, id="f64"), pytest.param(torch.float32, id=
 @pytest.fixture(params=[False, True], ids=["rows-by-gemm", "rows-by-conv"])
 def rows_by_conv(request, monkeypatch):
     """Whole rows go through addmm on gathered windows or through F.conv2d (chosen by batch x width): test both."""
-    monkeypatch.setattr(layers, "ROWS_BY_CONV_MIN", 0 if request.param else 10 ** 9)
+    monkeypatch.setattr(cc, "ROWS_BY_CONV_MIN", 0 if request.param else 10 ** 9)
     return request.param
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -62,129 +64,80 @@ def at(t: torch.Tensor, p: int) -> torch.Tensor:
     return t.flatten(2)[:, :, p]
 
 
-def replay_rows(fn_step, h: int) -> torch.Tensor:
-    """Stack a row-mode replay back into NCHW."""
-    return torch.stack([fn_step(y) for y in range(h)], dim=1).permute(0, 3, 1, 2)
+# ------------------------------------------------------------------------------------------ the replay test
+# Every causal layer and the whole network have the same step protocol (pyinpaint.models.layers, "Step mode"):
+# init_state(batch, height, width, ...) then step(state, x_t, pos, ...) with pos the raster index; row layers step
+# at each row's first position with a whole row. A case builds a layer and its inputs and says how to feed it.
+@dataclass
+class Case:
+    layer: object  # init_state / step / forward
+    x: torch.Tensor  # NCHW input of forward
+    full: torch.Tensor  # forward's output
+    rows: bool = False  # steps a row at a time
+    init: dict = field(default_factory=dict)  # init_state's keyword arguments
+    extra: Callable[[int], dict] = lambda p: {}  # step's keyword arguments at raster position p
+    x_at: Callable[[int], torch.Tensor] | None = None  # the step's input at p (default: x at p, or its row)
 
 
-def replay_pixels(fn_step, h: int, w: int) -> torch.Tensor:
-    out = torch.stack([fn_step(p) for p in range(h * w)], dim=-1)
-    return out.view(*out.shape[:2], h, w)
+class _ConvOp:
+    """The causal-conv op's own step forms (kernels/causal_conv.py) through the layer protocol."""
+
+    def __init__(self, conv: WNConv2d, ce: bool, update):
+        self.w, self.b, self.kind, self.ce, self.update = conv.weight().detach(), conv.b.detach(), conv.padding, ce, update
+
+    def init_state(self, batch, height, width):
+        return cc.causal_conv2d_init_state(self.w, self.b, batch, width, kind=self.kind, concat_elu=self.ce)
+
+    def step(self, state, x_t, pos):
+        return self.update(state, x_t, pos)
 
 
-# ------------------------------------------------------------------------------------------ single layers
 CONVS = [  # (kind, kernel, concat_elu): the PixelCNN's causal convolutions, and the other flag for each
     ("down", (2, 3), True), ("down", (2, 3), False), ("down", (1, 3), False),
     ("down_right", (2, 2), True), ("down_right", (2, 2), False), ("down_right", (2, 1), False),
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hw", [(4, 5), (3, 1), (2, 7)], ids=lambda s: f"{s[0]}x{s[1]}")
-@pytest.mark.parametrize("kind,kernel,ce", CONVS, ids=lambda v: str(v))
-def test_conv_replay(kind, kernel, ce, hw, dtype, rows_by_conv):
-    torch.manual_seed(0)
+def conv_case(kind, kernel, ce, hw, form, dtype):
     h, w = hw
     conv = liven(WNConv2d(6 if ce else 5, 7, kernel, padding=kind), 1).to(dtype)
     x = torch.randn(2, 3 if ce else 5, h, w, dtype=dtype)
-    with torch.inference_mode():
-        full = conv(x, concat_elu=ce)
-        st = conv.init_state(2, w, concat_elu=ce)
-        if kind == "down":
-            step = replay_rows(lambda y: conv.step(st, rows_of(x, y), y), h)
-        else:
-            step = replay_pixels(lambda p: conv.step(st, at(x, p), p), h, w)
-    assert_close(step, full, dtype, f"{kind} {kernel}")
+    full = conv(x, concat_elu=ce)
+    layer = conv if form == "layer" else _ConvOp(conv, ce, cc.causal_conv2d_update if form == "update"
+                                                 else cc.causal_conv2d_update_ref)
+    return Case(layer, x, full, rows=kind == "down", init=dict(concat_elu=ce) if form == "layer" else {})
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("heads", [1, 2, 3])
-def test_attention_replay(heads, dtype):
-    torch.manual_seed(0)
+def attention_case(heads, dtype):
     att = liven(CausalSelfAttention(16, heads, 2, 8), 2).to(dtype)
     x = torch.randn(3, 16, 3, 5, dtype=dtype)
-    with torch.inference_mode():
-        full = att(x)
-        st = att.init_state(3, 15)
-        step = replay_pixels(lambda p: att.step(st, at(x, p), p), 3, 5)
-    assert_close(step, full, dtype, "attention")
-    assert_close(at(step, 0), att.out.b.detach()[None].expand(3, -1), dtype, "position 0 = out bias")
+    return Case(att, x, att(x))
 
 
 BLOCKS = [  # (padding, kernel, aux, cond, heads)
-    pytest.param("down", (2, 3), False, True, 0, id="u+h"),
-    pytest.param("down", (2, 3), False, False, 0, id="u"),
-    pytest.param("down", (2, 3), True, True, 0, id="u+a+h"),
-    pytest.param("down_right", (2, 2), True, True, 0, id="ul+a+h"),
-    pytest.param("down_right", (2, 2), False, False, 0, id="ul"),
-    pytest.param("down_right", (2, 2), True, True, 2, id="ul+a+h+att2"),
-    pytest.param("down_right", (2, 2), True, False, 3, id="ul+a+att3"),
+    ("down", (2, 3), False, True, 0, "u+h"), ("down", (2, 3), False, False, 0, "u"),
+    ("down", (2, 3), True, True, 0, "u+a+h"), ("down_right", (2, 2), True, True, 0, "ul+a+h"),
+    ("down_right", (2, 2), False, False, 0, "ul"), ("down_right", (2, 2), True, True, 2, "ul+a+h+att2"),
+    ("down_right", (2, 2), True, False, 3, "ul+a+att3"),
 ]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("padding,kernel,aux,cond,heads", BLOCKS)
-def test_gated_block_replay(padding, kernel, aux, cond, heads, dtype, rows_by_conv):
-    torch.manual_seed(0)
+def block_case(padding, kernel, aux, cond, heads, dtype):
     c, hgt, wid = 16, 4, 5
     blk = liven(GatedResBlock(c, 12, padding=padding, kernel=kernel, aux_channels=c if aux else 0,
                               cond_channels=6 if cond else 0, attention_heads=heads, dropout=0.1), 3).to(dtype)
     x, a = torch.randn(2, c, hgt, wid, dtype=dtype), torch.randn(2, c, hgt, wid, dtype=dtype)
     h = torch.randn(2, 6, hgt, wid, dtype=dtype) if cond else None
-    with torch.inference_mode():
-        full = blk(x, a=a if aux else None, h=h)
-        hp = blk.cond(concat_elu(h)) if cond else None  # the step takes the projection a row at a time
-        st = blk.init_state(2, hgt, wid)
+    full = blk(x, a=a if aux else None, h=h)
+    hp = blk.cond(concat_elu(h)) if cond else None  # the step takes the projection a row at a time
 
-        def row_inputs(y):
-            return dict(a=rows_of(a, y) if aux else None, h_proj=rows_of(hp, y) if cond else None)
+    def extra(p):
+        y = p // wid
+        return dict(a=rows_of(a, y) if aux else None, h_proj=rows_of(hp, y) if cond else None)
 
-        if padding == "down":
-            step = replay_rows(lambda y: blk.step(st, rows_of(x, y), y, **row_inputs(y)), hgt)
-        else:
-            step = replay_pixels(lambda p: blk.step(st, at(x, p), p, **row_inputs(p // wid)), hgt, wid)
-    assert_close(step, full, dtype, "gated block")
+    return Case(blk, x, full, rows=padding == "down", extra=extra)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_a_few_blocks_replay(dtype, rows_by_conv):
-    """u / ul pairs as in the PixelCNN (the u stream by rows feeding the ul stream by pixels), attention last."""
-    torch.manual_seed(0)
-    c, hgt, wid, pairs = 16, 3, 5, 3
-    blocks = []
-    for i in range(pairs):
-        blocks.append(GatedResBlock(c, 8, padding="down", kernel=(2, 3), cond_channels=4))
-        blocks.append(GatedResBlock(c, 8, padding="down_right", kernel=(2, 2), aux_channels=c, cond_channels=4,
-                                    attention_heads=2 if i == pairs - 1 else 0))
-    for i, blk in enumerate(blocks):
-        liven(blk, 10 + i).to(dtype)
-    u0, ul0 = torch.randn(2, c, hgt, wid, dtype=dtype), torch.randn(2, c, hgt, wid, dtype=dtype)
-    h = torch.randn(2, 4, hgt, wid, dtype=dtype)
-    with torch.inference_mode():
-        u, ul = u0, ul0
-        for i in range(0, len(blocks), 2):
-            u = blocks[i](u, h=h)
-            ul = blocks[i + 1](ul, a=u, h=h)
-        states = [blk.init_state(2, hgt, wid) for blk in blocks]
-        h_proj = [blk.cond(concat_elu(h)) for blk in blocks]
-        u_rows = [None] * len(blocks)
-
-        def step(p):
-            y, x = divmod(p, wid)
-            if x == 0:
-                r = rows_of(u0, y)
-                for i in range(0, len(blocks), 2):
-                    r = u_rows[i] = blocks[i].step(states[i], r, y, h_proj=rows_of(h_proj[i], y))
-            t = at(ul0, p)
-            for i in range(1, len(blocks), 2):
-                t = blocks[i].step(states[i], t, p, a=u_rows[i - 1], h_proj=rows_of(h_proj[i], y))
-            return t
-
-        out = replay_pixels(step, hgt, wid)
-    assert_close(out, ul, dtype, "u/ul pairs")
-
-
-# ------------------------------------------------------------------------------------------ the whole network
 def odd_config(**kw) -> StructureConfig:
     """A 5 x 5 code map (image 40), 2 attention groups of 2 pairs, 3 heads."""
     base = dict(image_size=40, embedding_dim=6, num_embeddings=20, cond_channels=2, cond_res_channels=2, channels=16,
@@ -194,40 +147,62 @@ def odd_config(**kw) -> StructureConfig:
 
 
 NETWORKS = [
-    pytest.param(structure_preset("tiny"), (8, 8), id="tiny-8x8"),
-    pytest.param(odd_config(), (5, 5), id="odd-5x5-heads3"),
-    pytest.param(odd_config(heads=1, attention=1, resnets=3), (5, 5), id="odd-5x5-heads1-3pairs"),
-    pytest.param(odd_config(resnets=2, attention=2, out_resnets=0), (3, 4), id="3x4-attention-every-pair"),
-    pytest.param(odd_config(), (4, 1), id="width-1"),
-    pytest.param(structure_preset("paper", image_size=64, embedding_dim=4, num_embeddings=16, cond_channels=1,
-                                  channels=8, res_channels=8), (8, 8), id="paper-depth-narrow-8x8"),
+    (lambda: structure_preset("tiny"), (8, 8), "tiny-8x8"),
+    (lambda: odd_config(), (5, 5), "odd-5x5-heads3"),
+    (lambda: odd_config(heads=1, attention=1, resnets=3), (5, 5), "odd-5x5-heads1-3pairs"),
+    (lambda: odd_config(resnets=2, attention=2, out_resnets=0), (3, 4), "3x4-attention-every-pair"),
+    (lambda: odd_config(), (4, 1), "width-1"),
+    (lambda: structure_preset("paper", image_size=64, embedding_dim=4, num_embeddings=16, cond_channels=1,
+                              channels=8, res_channels=8), (8, 8), "paper-depth-narrow-8x8"),
 ]
 
 
-def replay_network(net: PixelCNN, e: torch.Tensor, h: torch.Tensor, use_h_proj: bool) -> torch.Tensor:
-    b, _, hgt, wid = e.shape
-    st = net.init_state(b, hgt, wid, h_proj=net.condition_projections(h)) if use_h_proj else \
-        net.init_state(b, hgt, wid, h=h)
-    return replay_pixels(lambda p: net.step(st, at(e, p - 1) if p else None, p), hgt, wid)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cfg,hw", NETWORKS)
-def test_pixelcnn_replay(cfg, hw, dtype, rows_by_conv):
-    torch.manual_seed(0)
+def network_case(cfg, hw, use_h_proj, dtype):
     net = liven(PixelCNN(cfg), 4).to(dtype)
     hgt, wid = hw
     e = torch.randn(3, cfg.embedding_dim, hgt, wid, dtype=dtype)
     h = torch.randn(3, cfg.h_channels, hgt, wid, dtype=dtype)
+    init = dict(h_proj=net.condition_projections(h)) if use_h_proj else dict(h=h)
+    # the network's step input at p is the embedding drawn at p - 1
+    return Case(net, e, net(e, h), init=init, x_at=lambda p: at(e, p - 1) if p else None)
+
+
+REPLAY = (
+    [pytest.param(lambda dt, a=a: conv_case(*a, dt), id=f"conv-{a[0]}-{a[1][0]}x{a[1][1]}-{'ce' if a[2] else 'plain'}-"
+                  f"{a[3][0]}x{a[3][1]}-{a[4]}")
+     for a in [(k, f, ce, hw, form) for k, f, ce in CONVS for hw in [(4, 5), (3, 1), (2, 7)]
+               for form in ("layer", "update", "update_ref")]]
+    + [pytest.param(lambda dt, n=n: attention_case(n, dt), id=f"attention-heads{n}") for n in (1, 2, 3)]
+    + [pytest.param(lambda dt, b=b: block_case(*b[:5], dt), id=f"block-{b[5]}") for b in BLOCKS]
+    + [pytest.param(lambda dt, n=n, hp=hp: network_case(n[0](), n[1], hp, dt), id=f"pixelcnn-{n[2]}-{which}")
+       for n in NETWORKS for hp, which in ((False, "h"), (True, "h_proj"))]
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", REPLAY)
+def test_replay(make, dtype, rows_by_conv):
+    """Full forward vs position by position (row by row for row layers), for every causal layer and the network."""
+    torch.manual_seed(0)
     with torch.inference_mode():
-        full = net(e, h)
-        assert_close(replay_network(net, e, h, use_h_proj=False), full, dtype, "pixelcnn (h)")
-        assert_close(replay_network(net, e, h, use_h_proj=True), full, dtype, "pixelcnn (h_proj)")
+        case = make(dtype)
+        b, _, hgt, wid = case.x.shape
+        st = case.layer.init_state(b, hgt, wid, **case.init)
+        if case.rows:
+            outs = [case.layer.step(st, rows_of(case.x, y), y * wid, **case.extra(y * wid)) for y in range(hgt)]
+            step = torch.stack(outs, dim=1).permute(0, 3, 1, 2)
+        else:
+            x_at = case.x_at or (lambda p: at(case.x, p))
+            outs = torch.stack([case.layer.step(st, x_at(p), p, **case.extra(p)) for p in range(hgt * wid)], dim=-1)
+            step = outs.view(*outs.shape[:2], hgt, wid)
+    assert_close(step, case.full, dtype, "replay")
+    if isinstance(case.layer, CausalSelfAttention):  # position 0 attends to nothing: the out projection's bias
+        assert_close(at(step, 0), case.layer.out.b.detach()[None].expand(b, -1), dtype, "position 0 = out bias")
 
 
 def test_step_mode_errors():
     with pytest.raises(ValueError, match="causal"):
-        WNConv2d(4, 4, 3).init_state(1, 4)
+        WNConv2d(4, 4, 3).init_state(1, 4, 4)
     with pytest.raises(ValueError, match="causal"):
         GatedResBlock(4, 4).init_state(1, 4, 4)
     blk = GatedResBlock(16, 8, padding="down_right", kernel=(2, 2), cond_channels=2, dropout=0.1)
@@ -240,11 +215,11 @@ def test_step_mode_errors():
         GatedResBlock(16, 8, padding="down", kernel=(2, 3), attention_heads=2).eval().init_state(1, 4, 4)
     net = PixelCNN(odd_config()).eval()
     with pytest.raises(ValueError, match="condition"):
-        net.init_state(1, 5)
+        net.init_state(1, 5, 5)
     with pytest.raises(ValueError, match="h must be"):
-        net.init_state(2, 5, h=torch.zeros(1, odd_config().h_channels, 5, 5))
+        net.init_state(2, 5, 5, h=torch.zeros(1, odd_config().h_channels, 5, 5))
     with pytest.raises(ValueError, match="one projection per block"):
-        net.init_state(1, 5, h_proj=[torch.zeros(1, 32, 5, 5)])
+        net.init_state(1, 5, 5, h_proj=[torch.zeros(1, 32, 5, 5)])
 
 
 # ------------------------------------------------------------------------------------------ sampling

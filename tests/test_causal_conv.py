@@ -572,7 +572,7 @@ def test_reason_auto_cpu_even_with_interpreter(monkeypatch):
 @pytest.mark.parametrize("setting,message", [
     ({"HAS_TRITON": False, "_IMPORT_ERROR": "ModuleNotFoundError: No module named 'triton'"},
      "triton is not installed"),
-    ({"INTERPRET": False}, "TRITON_INTERPRET is not set"),
+    ({"HAS_TRITON": True, "INTERPRET": False}, "TRITON_INTERPRET is not set"),  # also without triton installed
 ])
 def test_explicit_triton_unavailable_raises(monkeypatch, setting, message):
     for name, value in setting.items():
@@ -602,3 +602,52 @@ def test_dispatch_input_errors():
         cc.reason(x, w, kind="left")
     with pytest.raises(ValueError, match="expected 2C"):
         cc.causal_conv2d(x, w, kind="down", concat_elu=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# step form (the replay against the full form, for every kind, is tests/test_cached_sampler.py::test_replay)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("by_conv", [False, True], ids=["rows-by-gemm", "rows-by-conv"])
+@pytest.mark.parametrize("kind,filt,concat_elu", [("down_right", (2, 2), True), ("down_right", (1, 2), False),
+                                                  ("down", (2, 3), True)])
+def test_update_equals_update_ref_with_row_extra(kind, filt, concat_elu, by_conv, monkeypatch):
+    """The fast step and its plain reference, on their own states, with a per-row addend (down_right reads it
+    when a row starts), in float64: equal to rounding."""
+    monkeypatch.setattr(cc, "ROWS_BY_CONV_MIN", 0 if by_conv else 10 ** 9)
+    g = torch.Generator().manual_seed(5)
+    B, C, O, H, W = 2, 3, 4, 3, 5
+    w = torch.randn(O, 2 * C if concat_elu else C, *filt, generator=g, dtype=torch.float64)
+    b = torch.randn(O, generator=g, dtype=torch.float64)
+    x = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    extra = torch.randn(B, H, W, O, generator=g, dtype=torch.float64)
+    fast = cc.causal_conv2d_init_state(w, b, B, W, kind=kind, concat_elu=concat_elu)
+    ref = cc.causal_conv2d_init_state(w, b, B, W, kind=kind, concat_elu=concat_elu)
+    with torch.inference_mode():
+        if kind == "down":
+            for y in range(H):
+                row = x[:, :, y].transpose(1, 2)
+                torch.testing.assert_close(cc.causal_conv2d_update(fast, row, y * W),
+                                           cc.causal_conv2d_update_ref(ref, row, y * W), rtol=0, atol=1e-12)
+        else:
+            for p in range(H * W):
+                y, xx = divmod(p, W)
+                e = extra[:, y] if xx == 0 else None  # read at a row start only
+                torch.testing.assert_close(cc.causal_conv2d_update(fast, x[:, :, y, xx], p, e),
+                                           cc.causal_conv2d_update_ref(ref, x[:, :, y, xx], p, e),
+                                           rtol=0, atol=1e-12)
+            # the addend is there: without it the outputs differ
+            again = cc.causal_conv2d_init_state(w, b, B, W, kind=kind, concat_elu=concat_elu)
+            out = cc.causal_conv2d_update_ref(again, x[:, :, 0, 0], 0)
+            assert not torch.allclose(out, cc.causal_conv2d_update_ref(
+                cc.causal_conv2d_init_state(w, b, B, W, kind=kind, concat_elu=concat_elu), x[:, :, 0, 0], 0,
+                extra[:, 0]))
+
+
+def test_init_state_errors():
+    w, b = torch.randn(4, 3, 2, 2), torch.zeros(4)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        cc.causal_conv2d_init_state(w, b, 1, 5, kind="left")
+    with pytest.raises(ValueError, match="odd filter width"):
+        cc.causal_conv2d_init_state(w, b, 1, 5, kind="down")
+    with pytest.raises(ValueError, match="concat_elu doubles"):
+        cc.causal_conv2d_init_state(w, b, 1, 5, kind="down_right", concat_elu=True)

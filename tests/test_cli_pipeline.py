@@ -44,19 +44,19 @@ def test_cli_sample(model_dir, photo_and_mask, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sample", str(photo), str(mask_file), "-n", "3", "-o", str(out), "--model", str(model_dir),
                  "--seed", "4", "--device", "cpu", "--quiet"]) == 0
-    results = sorted(out.glob("result_*.png"))
+    results = sorted(out.glob("photo_0*.png"))
     assert len(results) == 3
     for r in results:
         a = np.asarray(Image.open(r))
         assert a.shape == img.shape
         assert np.array_equal(a[~hole], img[~hole])  # known pixels untouched
-    grid = Image.open(out / "grid.png")
+    grid = Image.open(out / "photo_grid.png")
     assert grid.size == (5 * 120 + 4 * 2, 100)
     assert "seed 4" in capsys.readouterr().out
     again = tmp_path / "again"
     assert main(["sample", str(photo), str(mask_file), "-n", "3", "-o", str(again), "--model", str(model_dir),
                  "--seed", "4", "--device", "cpu", "--quiet"]) == 0
-    for a, b in zip(results, sorted(again.glob("result_*.png"))):
+    for a, b in zip(results, sorted(again.glob("photo_0*.png"))):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
 
 
@@ -67,7 +67,7 @@ def test_python_api_matches_cli(model_dir, photo_and_mask, tmp_path):
     out = tmp_path / "cli"
     assert main(["sample", str(photo), str(mask_file), "-n", "2", "-o", str(out), "--model", str(model_dir),
                  "--seed", "4", "--device", "cpu", "--quiet"]) == 0
-    for im, f in zip(images, sorted(out.glob("result_*.png"))):
+    for im, f in zip(images, sorted(out.glob("photo_0*.png"))):
         assert np.array_equal(np.asarray(im), np.asarray(Image.open(f)))
 
 
@@ -75,10 +75,10 @@ def test_cli_sample_errors(model_dir, photo_and_mask, tmp_path, capsys):
     photo, _, img, _ = photo_and_mask
     Image.fromarray(np.zeros((50, 50), np.uint8)).save(tmp_path / "small_mask.png")
     assert main(["sample", str(photo), str(tmp_path / "small_mask.png"), "-o", str(tmp_path / "o"),
-                 "--model", str(model_dir), "--device", "cpu", "--quiet"]) == 2
+                 "--model", str(model_dir), "--device", "cpu", "--quiet"]) == 1
     assert "size" in capsys.readouterr().err
     assert main(["sample", str(photo), str(tmp_path / "small_mask.png"), "-o", str(tmp_path / "o"),
-                 "--model", str(tmp_path / "nope"), "--device", "cpu", "--quiet"]) == 2
+                 "--model", str(tmp_path / "nope"), "--device", "cpu", "--quiet"]) == 1
 
 
 def test_cli_convert_official(parity_dir, tmp_path, capsys):
@@ -88,14 +88,15 @@ def test_cli_convert_official(parity_dir, tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["vqvae"]["image_size"] == 128 and config["structure"]["heads"] == 4
     capsys.readouterr()
-    assert main(["convert-official", str(parity_dir / "model.ckpt"), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["convert-official", str(parity_dir / "model.ckpt"), "--out", str(tmp_path / "o2")]) == 1
     assert "image_size" in capsys.readouterr().err
 
 
 def test_help_is_complete(capsys):
     for cmd in (["--help"], ["train", "--help"], ["train", "vqvae", "--help"], ["train", "structure", "--help"],
                 ["train", "texture", "--help"], ["eval", "vqvae", "--help"], ["eval", "structure", "--help"],
-                ["sample", "--help"], ["export", "--help"], ["convert-official", "--help"], ["entropy", "--help"]):
+                ["sample", "--help"], ["export", "--help"], ["convert-official", "--help"], ["entropy", "--help"],
+                ["models", "--help"], ["masks", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(cmd)
         assert e.value.code == 0

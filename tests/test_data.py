@@ -1,4 +1,5 @@
-"""Tests of pyinpaint.data: image listing/loading, preprocessing recipes, mask generators, mask files.
+"""Tests of pyinpaint.data (image listing/loading, preprocessing recipes) and pyinpaint.masks (mask generators,
+mask files).
 
 Images come from scikit-image's bundled samples, written into tmp_path; nothing reads /work/shared.
 """
@@ -12,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pyinpaint import data as D
+from pyinpaint import masks as M
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -237,10 +239,10 @@ def _check_mask(m: torch.Tensor, h: int, w: int):
 
 
 SEEDED = {
-    "center_box": lambda s, seed: D.center_box_mask(s, seed),
-    "box": lambda s, seed: D.box_mask(s, seed),
-    "stroke": lambda s, seed: D.stroke_mask(s, seed),
-    "random": lambda s, seed: D.random_mask(s, seed),
+    "center_box": lambda s, seed: M.center_box_mask(s, seed),
+    "box": lambda s, seed: M.box_mask(s, seed),
+    "stroke": lambda s, seed: M.stroke_mask(s, seed),
+    "random": lambda s, seed: M.random_mask(s, seed),
 }
 
 
@@ -261,7 +263,7 @@ def test_generated_masks_shape_binary_reproducible(kind, size):
 @pytest.mark.parametrize("size", [256, 128, 64, (96, 160)])
 def test_center_mask_is_exactly_a_quarter(size):
     h, w = (size, size) if isinstance(size, int) else size
-    m = D.center_mask(size)
+    m = M.center_mask(size)
     _check_mask(m, h, w)
     assert m.sum().item() == h * w / 4
     rows, cols = torch.nonzero(m[0], as_tuple=True)
@@ -271,24 +273,24 @@ def test_center_mask_is_exactly_a_quarter(size):
 
 
 def test_box_masks_within_official_bounds():
-    fr = np.array([D.box_mask(256, s).mean().item() for s in range(300)])
+    fr = np.array([M.box_mask(256, s).mean().item() for s in range(300)])
     assert fr.min() >= 96 * 96 / 256**2 and fr.max() <= 0.25  # 96..128 px a side
     assert fr.min() < 0.17 and fr.max() > 0.23  # the whole range is used
     for s in range(50):
-        m = D.box_mask(256, s, max_delta=0)[0]
+        m = M.box_mask(256, s, max_delta=0)[0]
         assert m.sum() == 128 * 128 and not m[:, -1].any() and not m[-1].any()  # t, l in [0, 128)
-    centre = [D.center_box_mask(256, s)[0] for s in range(50)]
+    centre = [M.center_box_mask(256, s)[0] for s in range(50)]
     for m in centre:
         assert m[96:160, 96:160].all() and not m[:64].any() and not m[:, 192:].any()
-    assert torch.equal(D.center_box_mask(256, 3, max_delta=0), D.center_mask(256))
-    small = np.array([D.box_mask(64, s).mean().item() for s in range(100)])
+    assert torch.equal(M.center_box_mask(256, 3, max_delta=0), M.center_mask(256))
+    small = np.array([M.box_mask(64, s).mean().item() for s in range(100)])
     assert small.min() >= 24 * 24 / 64**2 and small.max() <= 0.25  # scaled: 32 px box, delta 8
 
 
 def test_stroke_mask_hole_fraction_and_width_scaling():
-    fr = np.array([D.stroke_mask(256, s).mean().item() for s in range(300)])
+    fr = np.array([M.stroke_mask(256, s).mean().item() for s in range(300)])
     assert fr.min() > 0.003 and fr.max() < 0.6 and 0.08 < fr.mean() < 0.25
-    fr64 = np.array([D.stroke_mask(64, s).mean().item() for s in range(300)])
+    fr64 = np.array([M.stroke_mask(64, s).mean().item() for s in range(300)])
     assert abs(fr64.mean() - fr.mean()) < 0.04  # sizes scaled together: similar coverage
 
 
@@ -336,13 +338,13 @@ def test_stroke_mask_reproduces_official_draws_with_randomstate():
         ours, theirs = np.random.RandomState(seed), np.random.RandomState(seed)
         for _ in range(3):  # consecutive masks: the RNG stream stays aligned (flip draws included)
             official = _official_brush_stroke_mask(256, 256, theirs)
-            assert np.array_equal(D.stroke_mask(256, ours)[0].numpy(), official)
+            assert np.array_equal(M.stroke_mask(256, ours)[0].numpy(), official)
 
 
 def test_stroke_flip_option():
     # flip=True applies the official (no-op there) flips; same draws, so the same strokes mirrored
     for s in range(20):
-        plain, flipped = D.stroke_mask(256, s)[0], D.stroke_mask(256, s, flip=True)[0]
+        plain, flipped = M.stroke_mask(256, s)[0], M.stroke_mask(256, s, flip=True)[0]
         assert plain.sum() == flipped.sum()
         variants = [plain, plain.flip(1), plain.flip(0), plain.flip(0).flip(1)]
         assert any(torch.equal(flipped, v) for v in variants)
@@ -354,7 +356,7 @@ def test_random_mask_mixes_boxes_and_strokes():
         cols = m[0].any(0).nonzero()
         return m.sum().item() == (len(rows) * len(cols))
 
-    kinds = [is_box(D.random_mask(256, s)) for s in range(200)]
+    kinds = [is_box(M.random_mask(256, s)) for s in range(200)]
     assert 60 < sum(kinds) < 140
 
 
@@ -366,16 +368,16 @@ def _bands(m: torch.Tensor) -> int:
 
 def test_protocol_alternates_boxes_and_strokes():
     for i in range(12):
-        m = D.protocol_mask(256, i, seed=0)
+        m = M.protocol_mask(256, i, seed=0)
         _check_mask(m, 256, 256)
-        assert torch.equal(m, D.protocol_mask(256, i, seed=0))
+        assert torch.equal(m, M.protocol_mask(256, i, seed=0))
         if i % 2 == 0:
             assert _bands(m) <= 14  # a union of 3 rectangles: at most 7 row and 7 column bands
             assert 64 * 64 / 256**2 <= m.mean() <= 3 * 0.25
         else:
             assert _bands(m) > 30  # strokes
-    assert any(not torch.equal(D.protocol_mask(256, i, 0), D.protocol_mask(256, i, 1)) for i in range(4))
-    _check_mask(D.protocol_mask((64, 96), 3), 64, 96)
+    assert any(not torch.equal(M.protocol_mask(256, i, 0), M.protocol_mask(256, i, 1)) for i in range(4))
+    _check_mask(M.protocol_mask((64, 96), 3), 64, 96)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -399,13 +401,13 @@ def mask_dir(tmp_path):
 
 def test_mask_folder_accepts_single_channel_and_grey_rgb(mask_dir):
     root, hole = mask_dir
-    mf = D.MaskFolder(root)
+    mf = M.MaskFolder(root)
     assert len(mf) == 6 and "masks=6" in repr(mf)
     expected = torch.from_numpy(hole.astype(np.float32))[None]
     for i in range(len(mf)):
         assert mf[i].dtype == torch.float32
         assert torch.equal(mf[i], expected), mf.paths[i]
-    inv = D.MaskFolder(root, invert=True)
+    inv = M.MaskFolder(root, invert=True)
     assert torch.equal(inv[0], 1 - expected)
     with pytest.raises(IndexError):
         mf[6]
@@ -416,7 +418,7 @@ def test_mask_folder_rejects_colour_masks(mask_dir):
     rgb = np.zeros((40, 60, 3), np.uint8)
     rgb[hole] = (255, 0, 0)
     Image.fromarray(rgb).save(root / "z_red.png")
-    mf = D.MaskFolder(root)
+    mf = M.MaskFolder(root)
     with pytest.raises(ValueError) as err:
         mf[len(mf) - 1]
     assert "z_red.png" in str(err.value) and "single-channel" in str(err.value)
@@ -425,66 +427,66 @@ def test_mask_folder_rejects_colour_masks(mask_dir):
 def test_mask_folder_resize_nearest_stays_binary(mask_dir):
     root, _ = mask_dir
     for size, hw in ((32, (32, 32)), ((80, 120), (80, 120)), (256, (256, 256))):
-        mf = D.MaskFolder(root, size=size)
+        mf = M.MaskFolder(root, size=size)
         for i in range(len(mf)):
             m = mf[i]
             _check_mask(m, *hw)
             assert 0.1 < m.mean() < 0.25  # 400 / 2400 = 1/6 of the image
-    up = D.MaskFolder(root, size=(80, 120))[1]
+    up = M.MaskFolder(root, size=(80, 120))[1]
     assert up.sum() == 4 * 400  # exact 2x nearest upscale
 
 
 def test_mask_folder_empty_or_missing(tmp_path):
     (tmp_path / "no_masks_here").mkdir()
     with pytest.raises(ValueError, match="no_masks_here"):
-        D.MaskFolder(tmp_path / "no_masks_here")
+        M.MaskFolder(tmp_path / "no_masks_here")
     with pytest.raises(FileNotFoundError, match="missing_masks"):
-        D.MaskFolder(tmp_path / "missing_masks")
+        M.MaskFolder(tmp_path / "missing_masks")
 
 
 # ------------------------------------------------------------------------------------------------
 # make_mask_source
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec", D.MASK_SPECS)
+@pytest.mark.parametrize("spec", M.MASK_SPECS)
 def test_mask_source_specs(spec):
-    src = D.make_mask_source(spec, 64, seed=1)
+    src = M.make_mask_source(spec, 64, seed=1)
     m = src.sample(3, epoch=2)
     _check_mask(m, 64, 64)
-    assert torch.equal(m, D.make_mask_source(spec, 64, seed=1).sample(3, epoch=2))
+    assert torch.equal(m, M.make_mask_source(spec, 64, seed=1).sample(3, epoch=2))
     assert spec in repr(src)
     if spec == "center":
-        assert torch.equal(m, D.center_mask(64)) and torch.equal(src.sample(9, 4), m)
+        assert torch.equal(m, M.center_mask(64)) and torch.equal(src.sample(9, 4), m)
     elif spec == "protocol":
-        assert torch.equal(m, D.protocol_mask(64, 3, seed=1)) and torch.equal(src.sample(3, 0), m)
+        assert torch.equal(m, M.protocol_mask(64, 3, seed=1)) and torch.equal(src.sample(3, 0), m)
     else:  # random kinds vary with index, epoch and seed
         others = [src.sample(i, e) for i in range(4) for e in range(3)]
         assert len({x.numpy().tobytes() for x in others}) >= 8
-        other_seed = D.make_mask_source(spec, 64, seed=2)
+        other_seed = M.make_mask_source(spec, 64, seed=2)
         assert any(not torch.equal(other_seed.sample(i, 0), src.sample(i, 0)) for i in range(5))
 
 
 def test_mask_source_folder_and_file(mask_dir, tmp_path):
     root, _ = mask_dir
-    src = D.make_mask_source(str(root), 32, seed=0)
+    src = M.make_mask_source(str(root), 32, seed=0)
     m = src.sample(0, 0)
     _check_mask(m, 32, 32)
-    assert torch.equal(m, D.make_mask_source(root, 32, seed=0).sample(0, 0))
+    assert torch.equal(m, M.make_mask_source(root, 32, seed=0).sample(0, 0))
     # each epoch is a permutation of the files: one pass over len(folder) indices sees every file
     picks = [src._file_index(i, 1) for i in range(6)]
     assert sorted(picks) == list(range(6))
     assert [src._file_index(i, 1) for i in range(6)] == picks
     flist = tmp_path / "masks.flist"  # official-style list of mask files
     flist.write_text("masks/m1_L255.png\nmasks/m0_mode1.png\n")
-    listed = D.make_mask_source(flist, 40)
+    listed = M.make_mask_source(flist, 40)
     assert listed.kind == "folder" and len(listed.folder) == 2
-    one = D.make_mask_source(root / "m1_L255.png", 64, invert=True)
+    one = M.make_mask_source(root / "m1_L255.png", 64, invert=True)
     assert torch.equal(one.sample(0), one.sample(5, 3)) and one.sample(0).mean() > 0.5
 
 
 def test_mask_source_bad_spec_lists_valid_ones(tmp_path):
     with pytest.raises(ValueError) as err:
-        D.make_mask_source("circles", 256)
-    for name in D.MASK_SPECS:
+        M.make_mask_source("circles", 256)
+    for name in M.MASK_SPECS:
         assert name in str(err.value)
     with pytest.raises(ValueError, match="center-box"):
-        D.make_mask_source(tmp_path / "no_such_folder", 256)
+        M.make_mask_source(tmp_path / "no_such_folder", 256)

@@ -367,10 +367,10 @@ def test_attention_step_on_the_kernel():
     x = torch.randn(2, 24, 3, 5, device=DEVICE)
     with torch.inference_mode():
         full = att(x).flatten(2)
-        st_mm, st_kern = att.init_state(2, 15), att.init_state(2, 15)
+        st_mm, st_kern = att.init_state(2, 3, 5), att.init_state(2, 3, 5)
         _skip_unless_triton(st_kern.keys_t)
-        st_mm.decode, st_mm.pos_t = None, None
-        st_kern.decode, st_kern.pos_t = da.decode_attention_triton, torch.empty(1, dtype=torch.int32, device=DEVICE)
+        st_mm.backend, st_mm.pos_t = "torch", None
+        st_kern.backend, st_kern.pos_t = "triton", torch.empty(1, dtype=torch.int32, device=DEVICE)
         for p in range(15):
             a = att.step(st_mm, x.flatten(2)[:, :, p], p)
             b = att.step(st_kern, x.flatten(2)[:, :, p], p)
@@ -383,11 +383,11 @@ def test_attention_step_backend_choice():
     from pyinpaint.models.layers import CausalSelfAttention
 
     att = CausalSelfAttention(16, 2, 2, 8).eval().to(DEVICE)
-    st = att.init_state(1, 4)  # chosen once, with the caches
+    st = att.init_state(1, 2, 2)  # chosen once, with the caches
     if DEVICE == "cuda" and _triton.HAS_TRITON:
-        assert st.decode is da.decode_attention_triton and st.pos_t.dtype == torch.int32
+        assert st.backend == "triton" and st.pos_t.dtype == torch.int32
     else:  # auto's choice: never the interpreter for CPU tensors
-        assert st.decode is None and st.pos_t is None
+        assert st.backend == "torch" and st.pos_t is None
     with torch.inference_mode():
         for p in range(4):
             att.step(st, torch.randn(1, 16, device=DEVICE), p)

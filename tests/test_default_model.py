@@ -55,7 +55,16 @@ def test_default_model_on_an_odd_photo():
     assert out.size == (450, 300) and np.array_equal(np.asarray(out)[~hole], image[~hole])
 
 
-def test_demo_command(tmp_path, capsys):
+def test_demo_command(tmp_path, capsys, monkeypatch):
+    """`pyinpaint demo` after a plain `pip install .`: its photo ships in the package, no scikit-image or SciPy."""
+    import sys
+
+    from pyinpaint.cli import DEMO_IMAGE
+
+    monkeypatch.setitem(sys.modules, "skimage", None)  # any import of them now fails
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    assert DEMO_IMAGE.is_file() and DEMO_IMAGE.parent.parent == DEFAULT_MODEL.parent.parent  # inside the package
+    assert "public domain" in (DEMO_IMAGE.parent / "README.md").read_text()
     out = tmp_path / "demo.png"
     assert main(["demo", "-o", str(out), "-n", "2"]) == 0
     assert Image.open(out).size == (4 * 256 + 3 * 2, 256)

@@ -168,12 +168,14 @@ def test_eval_inpaint_errors(tiny_model_dir, eval_images, tmp_path):
 def test_eval_inpaint_cli(tiny_model_dir, eval_images, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["eval", "inpaint", "--model", str(tiny_model_dir), "--images", str(eval_images), "--masks", "random",
-                 "-n", "2", "--size", "48", "--baselines", "telea", "-o", str(out), "--quiet"]) == 0
+                 "-n", "2", "--size", "48", "--baselines", "telea", "-o", str(out), "--quiet", "--upscale", "2",
+                 "--strategy", "crop"]) == 0
     text = capsys.readouterr().out
+    assert "96 px" in text and "strategy crop" in text and "sharp" in text
     assert "random" in text and "telea" in text and "ns " not in text and "minus Telea" in text
     assert (out / "results.csv").exists()
     assert main(["eval", "inpaint", "--model", str(tiny_model_dir), "--images", str(eval_images), "--masks", "center",
-                 "--baselines", "photoshop", "--quiet"]) == 2
+                 "--baselines", "photoshop", "--quiet"]) == 1  # runtime error: exit 1 (2 = argparse usage errors)
 
 
 def test_demo_cli(tiny_model_dir, tmp_path, capsys):
@@ -182,7 +184,7 @@ def test_demo_cli(tiny_model_dir, tmp_path, capsys):
     grid = Image.open(out)
     assert grid.size == (5 * 256 + 4 * 2, 256)  # original, masked, 3 completions of the 256 px face
     assert "3 completions" in capsys.readouterr().out
-    assert main(["demo", "--model", str(tiny_model_dir), "-o", str(out), "-n", "0"]) == 2
+    assert main(["demo", "--model", str(tiny_model_dir), "-o", str(out), "-n", "0"]) == 1
 
 
 def test_best_worst_picture_shows_the_extreme_cases(tiny_model_dir, eval_images, nvidia_masks, tmp_path):
@@ -213,3 +215,36 @@ def test_best_worst_picture_shows_the_extreme_cases(tiny_model_dir, eval_images,
         top = row * (size + gap)
         assert np.abs(picture[top:top + size, :size] - truth).max() <= 1
         assert np.abs(picture[top:top + size, size + gap:2 * size + gap] - masked).max() <= 1
+
+
+def test_sharpness():
+    from pyinpaint.evaluate import sharpness
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    hole = np.zeros((60, 60), bool)
+    hole[20:40, 20:40] = True
+    assert sharpness(noise, hole) == pytest.approx(1.0, abs=0.15)  # the same texture inside and around
+    flat = noise.copy()
+    flat[hole] = 128
+    assert sharpness(flat, hole) < 0.01  # a flat fill has no detail (the seam itself does not count)
+    blurred = noise.copy()
+    blurred[hole] = np.asarray(Image.fromarray(noise).resize((15, 15)).resize((60, 60), Image.BILINEAR))[hole]
+    assert 0.01 < sharpness(blurred, hole) < 0.6
+    thin = np.zeros((60, 60), bool)
+    thin[30, 10:50] = True  # no interior
+    assert math.isnan(sharpness(noise, thin))
+
+
+def test_eval_inpaint_upscale_and_strategy(tiny_model_dir, eval_images):
+    res = eval_inpaint(tiny_model_dir, eval_images, ["box"], n=2, size=48, limit=2, upscale=3, strategy="crop",
+                       baselines=("telea",), progress=False)
+    assert res["size"] == 144 and res["strategy"] == "crop"
+    rows = res["rows"]
+    assert {r["method"] for r in rows} == {"pyinpaint", "telea"}
+    assert all(r["sharpness"] >= 0 and r["sharpness_truth"] > 0 for r in rows if not math.isnan(r["sharpness"]))
+    assert "sharpness" in res["summary"]["all"]["pyinpaint"]
+    with pytest.raises(ValueError, match="unknown strategy"):
+        eval_inpaint(tiny_model_dir, eval_images, ["box"], strategy="zoom", progress=False)
+    with pytest.raises(ValueError, match="upscale"):
+        eval_inpaint(tiny_model_dir, eval_images, ["box"], upscale=0, progress=False)

@@ -169,9 +169,11 @@ def test_thin_holes_survive_the_downscale(inp, image):
     prepared = inp.prepare(image, hole)
     m = prepared.m[0, 0]
     s = inp.image_size
-    row, col = int(37 * s / H), int(101 * s / W)
+    assert prepared.strategy == "resize"  # the lines span the image: the window is the whole image
+    top = (W - H) // 2  # mirrored to a W x W square, never stretched
+    row, col = int((37 + top) * s / W), int(101 * s / W)
     assert m[row, int(10 * s / W) + 1:int(140 * s / W) - 1].min() == 1  # the line is a hole at model size
-    assert m[int(10 * s / H) + 1:int(90 * s / H) - 1, col].min() == 1
+    assert m[int((10 + top) * s / W) + 1:int((90 + top) * s / W) - 1, col].min() == 1
     assert m.sum() < 2 * (s + s)  # and stays thin (a line of one or two model pixels)
     out = np.asarray(inp.sample(image, hole, n=1, seed=0)[0])
     changed = (out != image).any(axis=2)
@@ -210,8 +212,8 @@ def test_progress_and_lower_level_pieces(inp, image, hole):
 
 
 def test_module_sample(model_dir, image, hole, tmp_path, monkeypatch):
-    monkeypatch.setattr(inpainter_module, "DEFAULT_MODEL", tmp_path / "gone")
-    with pytest.raises(FileNotFoundError, match="default model is missing"):
+    monkeypatch.setattr(inpainter_module, "WEIGHTS", tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match="shipped model 'faces' is missing from this installation"):
         sample(image, hole, n=1)
     inpainter_module.clear_cache()
     a = sample(image, hole, n=2, seed=4, model=model_dir, device="cpu")
@@ -224,3 +226,34 @@ def test_read_helpers():
     assert read_image(torch.ones(1, 3, 2, 3)).max() == 255
     assert read_mask(np.array([[0, 1], [255, 0]], np.uint8)).tolist() == [[False, True], [True, False]]
     assert read_mask(np.array([[0.0, 0.2]])).tolist() == [[False, True]]
+
+
+def test_invert_flips_the_mask_convention(inp, model_dir, image, hole):
+    ref = inp.sample(image, hole, n=2, seed=5)
+    assert _same(inp.sample(image, ~hole, n=2, seed=5, invert=True), ref)
+    assert _same(sample(image, (~hole).astype(np.uint8) * 255, n=2, seed=5, model=model_dir, device="cpu",
+                        invert=True), ref)
+
+
+def test_shipped_models_by_name(monkeypatch):
+    paths = {inpainter_module.model_path(name) for name in ("faces", "faces-128", None)}
+    assert paths == {inpainter_module.DEFAULT_MODEL}
+    assert inpainter_module.model_path("./faces") == inpainter_module.Path("faces")  # a path, not the name
+    listed = inpainter_module.shipped_models()
+    assert [m["name"] for m in listed] == list(inpainter_module.SHIPPED)
+    assert listed[0]["default"] and listed[0]["image_size"] == 128 and "All-Age-Faces" in listed[0]["trained_on"]
+    # shipping another model = a folder + a name
+    monkeypatch.setitem(inpainter_module.SHIPPED, "scenes", "faces-128")
+    assert inpainter_module.model_path("scenes") == inpainter_module.DEFAULT_MODEL
+    assert [m["name"] for m in inpainter_module.shipped_models()] == ["faces", "scenes"]
+    assert Inpainter.load("faces", "cpu").image_size == 128
+
+
+def test_resolve_device():
+    assert inpainter_module.resolve_device("cpu") == torch.device("cpu")
+    assert inpainter_module.resolve_device("auto") == inpainter_module.resolve_device(None)
+    with pytest.raises(ValueError, match="unknown device"):
+        inpainter_module.resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            inpainter_module.resolve_device("cuda")

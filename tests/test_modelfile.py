@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_parity, nchw, nhwc, rel_err
+from tfwriter import write_checkpoint
 
-from pyinpaint import io
+from pyinpaint import io, official
 from pyinpaint.config import (StructureConfig, TextureConfig, structure_preset, texture_preset, to_dict,
                               vqvae_preset)
-from pyinpaint.models import official
 from pyinpaint.models.structure import StructureGenerator
 from pyinpaint.models.texture import Discriminator, TextureGenerator
 from pyinpaint.models.vqvae import VQVAE
-from pyinpaint.modelfile import (SHADOW, _Shape, check_configs, convert_official, export_runs,
-                                 infer_structure_config, infer_texture_config, load_model, save_model)
-from pyinpaint.tfcheckpoint import write_checkpoint
+from pyinpaint.modelfile import ModelFileError, check_configs, export_runs, load_model, save_model
+from pyinpaint.official import SHADOW, _Shape, convert_official, infer_structure_config, infer_texture_config
 
 
 def tiny_modules(seed: int = 0, discriminator: bool = True):
@@ -139,19 +138,120 @@ def test_bad_tensors(tmp_path, tiny_dir):
     key = "texture.out.weight"
     wrong = dict(tensors, **{key: torch.zeros(3, 2, 3, 3)})
     io.save_tensors(d / "model.safetensors", wrong)
-    with pytest.raises(ValueError, match=r"texture\).*out.weight: file \(3, 2, 3, 3\)"):
+    with pytest.raises(ModelFileError, match=r"tensor 'texture.out.weight' has shape \(3, 2, 3, 3\), the config.json "
+                       r"texture section needs \(3, 4, 3, 3\)"):
         load_model(d)
     io.save_tensors(d / "model.safetensors", dict(tensors, **{"extra.x": torch.zeros(1)}))
     with pytest.raises(ValueError, match="unexpected tensor 'extra.x'"):
         load_model(d)
     io.save_tensors(d / "model.safetensors", {k: v for k, v in tensors.items() if k != key})
-    with pytest.raises(ValueError, match="missing.*out.weight"):
+    with pytest.raises(ModelFileError, match="tensor 'texture.out.weight' is missing"):
         load_model(d)
     io.save_tensors(d / "model.safetensors", {k: v for k, v in tensors.items() if not k.startswith("structure.")})
     with pytest.raises(ValueError, match="no weights for"):
         load_model(d)
     (d / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    # absurd sizes are refused before anything is built
+    ("vqvae", "image_size", 8192, r"VQVAEConfig.image_size must be in \[8, 1024\], got 8192"),
+    ("structure", "channels", 10 ** 7, r"StructureConfig.channels must be in \[8, 4096\]"),
+    ("texture", "dis_channels", 2 ** 40, r"TextureConfig.dis_channels must be in \[1, 4096\]"),
+    ("structure", "heads", 0, r"StructureConfig.heads must be in \[1, 256\], got 0"),
+    ("vqvae", "res_blocks", -1, r"VQVAEConfig.res_blocks must be in \[0, 256\]"),
+    # wrong types, named
+    ("vqvae", "image_size", "64", "VQVAEConfig.image_size must be an integer, got '64'"),
+    ("structure", "resnets", 2.0, "StructureConfig.resnets must be an integer, got 2.0"),
+    ("texture", "channels", True, "TextureConfig.channels must be an integer, got True"),
+    ("vqvae", "zero_debias", "yes", "VQVAEConfig.zero_debias must be true or false"),
+    ("structure", "dropout", None, "StructureConfig.dropout must be a number, got None"),
+    ("vqvae", "commitment_cost", [1], "VQVAEConfig.commitment_cost must be a number"),
+    ("vqvae", "epsilon", "@1e400", "VQVAEConfig.epsilon must be finite"),  # JSON 1e400 reads as inf
+])
+def test_config_values_are_typed_and_bounded(tmp_path, tiny_dir, section, key, value, match):
+    d = _copy(tiny_dir, tmp_path / "m")
+    config = io.load_json(d / "config.json")
+    config[section][key] = value
+    (d / "config.json").write_text(json.dumps(config).replace('"@1e400"', "1e400"))
+    with pytest.raises(ModelFileError, match=rf"config.json: invalid {section} config: {match}"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("text,match", [
+    ('{"format": "pyinpaint-model", "version": 1, "vqvae": {"decay": NaN}, "structure": {}, "texture": {}}',
+     "NaN is not a valid number"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply|not valid JSON"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (" " * (2 << 20), "larger than"),
+])
+def test_config_json_that_is_not_json(tmp_path, tiny_dir, text, match):
+    d = _copy(tiny_dir, tmp_path / "m")
+    (d / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ModelFileError, match=match):
+        load_model(d)
+
+
+def test_unknown_config_key_is_named(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "m")
+    config = io.load_json(d / "config.json")
+    config["discrimnator"] = {}
+    io.save_json(d / "config.json", config)
+    with pytest.raises(ModelFileError, match="unknown key 'discrimnator'"):
+        load_model(d)
+
+
+def test_config_is_checked_against_the_weight_shapes_before_any_tensor_is_read(tmp_path, tiny_dir, monkeypatch):
+    d = _copy(tiny_dir, tmp_path / "m")
+    config = io.load_json(d / "config.json")
+    config["structure"]["channels"] = 4096  # within bounds, but not these weights: 1.5 GB if it were built
+    io.save_json(d / "config.json", config)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("tensor data read before the config was checked against the weight shapes")
+
+    monkeypatch.setattr(io, "load_tensors", no_data)
+    with pytest.raises(ModelFileError, match=r"tensor 'structure\..*' has shape .* the config.json structure section "
+                                             r"needs .*4096"):
+        load_model(d)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda t: t.to(torch.int32), "has dtype I32, expected a floating-point type"),
+    (lambda t: t.to(torch.bool), "has dtype BOOL, expected a floating-point type"),
+    (lambda t: torch.where(torch.arange(t.numel()).reshape(t.shape) == 3, float("nan"), t), "1 NaN or infinite"),
+    (lambda t: t.double() * 1e300, "NaN or infinite"),  # overflows float32
+])
+def test_tensor_dtype_and_finiteness_are_checked(tmp_path, tiny_dir, make, match):
+    d = _copy(tiny_dir, tmp_path / "m")
+    tensors = io.load_tensors(d / "model.safetensors")
+    key = "texture.out.weight"
+    io.save_tensors(d / "model.safetensors", dict(tensors, **{key: make(tensors[key])}))
+    with pytest.raises(ModelFileError, match=f"tensor '{key}' .*{match}"):
+        load_model(d)
+    # an integer counter must stay an integer
+    io.save_tensors(d / "model.safetensors", dict(tensors, **{"vqvae.encoder.vq_t.ema_steps": torch.tensor(2.0)}))
+    with pytest.raises(ModelFileError, match="ema_steps' has dtype F32, expected an integer type"):
+        load_model(d)
+
+
+def test_half_precision_weights_load_as_float32(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "m")
+    tensors = io.load_tensors(d / "model.safetensors")
+    io.save_tensors(d / "model.safetensors", {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()})
+    model = load_model(d)
+    w = model.generator.state_dict()["out.weight"]
+    assert w.dtype == torch.float32 and torch.equal(w, tensors["texture.out.weight"].half().float())
+
+
+def test_checksum_catches_flipped_weight_bytes(tmp_path, tiny_dir):
+    d = _copy(tiny_dir, tmp_path / "m")
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    raw[-100] ^= 0x01  # a low mantissa bit of some weight: still a finite number
+    (d / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="do not match the file's checksum"):
         load_model(d)
 
 
@@ -306,6 +406,27 @@ def test_convert_flag_errors(tmp_path):
         convert_official(tmp_path / "partial.ckpt", tmp_path / "m2", {"image_size": 64})
     with pytest.raises(FileNotFoundError):
         convert_official(tmp_path / "missing.ckpt", tmp_path / "m3", {"image_size": 64})
+
+
+@pytest.mark.parametrize("name,change,match", [
+    ("structure_pixelcnn/wnconv2d_5/V", lambda a: np.where(a > 0, np.nan, a), "wnconv2d_5/V: official variable holds "
+                                                                              r"\d+ NaN or infinite values"),
+    ("texture_generator/gated_conv2d_3/b", lambda a: a.astype(np.float64) * 1e300, "infinite"),
+    ("vq_decoder/conv2d_2/W", lambda a: a.astype(np.int32), "conv2d_2/W: official variable of dtype int32"),
+    ("vq_encoder/conv2d_5/b", lambda a: np.full(a.shape, b"x", dtype=object), "dtype object"),
+    ("vq_encoder/conv2d_1/W", lambda a: a[..., 0], r"vq_encoder/conv2d_1/W has shape \(4, 4, 8\), expected 4 "
+                                                     "dimensions"),  # IndexError before
+    # a width that only this variable claims: refused before the networks are built at that width
+    ("vq_encoder/conv2d_1/W", lambda a: np.zeros(a.shape[:3] + (4000,), np.float32),
+     r"vq_encoder/conv2d_0/W: official shape .* does not fit the inferred networks \(expected \(4, 4, 3, 2000\)\)"),
+])
+def test_convert_refuses_bad_variables(tmp_path, name, change, match):
+    arrays = _official_arrays(*tiny_modules())
+    arrays[name] = change(arrays[name])
+    write_checkpoint(tmp_path / "x.ckpt", arrays)
+    with pytest.raises(ValueError, match=match):
+        convert_official(tmp_path / "x.ckpt", tmp_path / "m", {"image_size": 64})
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("cfg", [

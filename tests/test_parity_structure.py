@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from conftest import load_parity, nchw, nhwc, rel_err
 
-from pyinpaint.config import StructureConfig, from_official_flags
-from pyinpaint.models import official
+from pyinpaint import official
+from pyinpaint.config import StructureConfig
 from pyinpaint.models.structure import StructureGenerator
 
 TOL = 1e-5
@@ -15,7 +15,8 @@ TOL = 1e-5
 @pytest.fixture
 def fixture(parity_dir):
     flags, weights, io = load_parity(parity_dir)
-    cfg = from_official_flags(StructureConfig, flags, dropout=0.0)  # test.py builds the PixelCNN with dropout 0
+    # test.py builds the PixelCNN with dropout 0
+    cfg = official.from_official_flags(StructureConfig, flags, dropout=0.0)
     model = StructureGenerator(cfg).eval()
     official.load_official(official.structure_names(model), weights)
     return model, weights, io

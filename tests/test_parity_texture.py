@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import load_parity, nchw, nhwc, rel_err
 
-from pyinpaint.config import TextureConfig, VQVAEConfig, from_official_flags
-from pyinpaint.models import official
+from pyinpaint import official
+from pyinpaint.config import TextureConfig, VQVAEConfig
 from pyinpaint.models.texture import (Discriminator, TextureGenerator, attention_transfer, complete, feature_loss,
                                       hinge_d_loss, hinge_g_loss)
 from pyinpaint.models.vqvae import VQVAE
@@ -18,7 +18,7 @@ TOL_TG = 5e-4  # texture generator and attention outputs: softmax scale 50 ampli
 @pytest.fixture
 def fixture(parity_dir):
     flags, weights, io = load_parity(parity_dir)
-    cfg = from_official_flags(TextureConfig, flags)
+    cfg = official.from_official_flags(TextureConfig, flags)
     gen, dis = TextureGenerator(cfg).eval(), Discriminator(cfg).eval()
     official.load_official(official.texture_names(gen), weights)
     official.load_official(official.discriminator_names(dis), weights)
@@ -119,7 +119,7 @@ def test_weighted_feature_loss_from_our_vq_encoder(parity_dir, fixture):
     """The whole fea_loss path: our VQ-VAE encodes the official completion, then our feature loss."""
     flags, weights, _ = load_parity(parity_dir)
     _, _, _, io = fixture
-    vq = VQVAE(from_official_flags(VQVAEConfig, flags)).eval()
+    vq = VQVAE(official.from_official_flags(VQVAEConfig, flags)).eval()
     official.load_official(official.vqvae_names(vq), weights)
     with torch.no_grad():
         enc = vq.encode(nchw(_completed(io)), update_codebooks=False)

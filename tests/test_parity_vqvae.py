@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import load_parity, nhwc, rel_err
 
-from pyinpaint.config import VQVAEConfig, from_official_flags
-from pyinpaint.models import official
+from pyinpaint import official
+from pyinpaint.config import VQVAEConfig
 from pyinpaint.models.vqvae import VQVAE
 
 TOL = 1e-5  # max |ours - official| / max |official|, float32 (the fixtures' README)
@@ -14,7 +14,7 @@ TOL = 1e-5  # max |ours - official| / max |official|, float32 (the fixtures' REA
 @pytest.fixture
 def fixture(parity_dir):
     flags, weights, io = load_parity(parity_dir)
-    cfg = from_official_flags(VQVAEConfig, flags)
+    cfg = official.from_official_flags(VQVAEConfig, flags)
     model = VQVAE(cfg).eval()
     official.load_official(official.vqvae_names(model), weights)
     return cfg, model, weights, io

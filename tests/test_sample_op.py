@@ -193,36 +193,49 @@ def test_ext_empty_batch():
 
 
 @needs_ext
-def test_ext_validation_errors():
+def test_ext_inputs_it_cannot_take_and_input_errors():
+    """Bad inputs raise ValueError on every backend (the op's checks); inputs the extension cannot take make an
+    explicit backend='ext' raise RuntimeError saying why (the wrapper itself is internal and only asserts)."""
     b, k, d = 4, 10, 3
     lg, nz, cb = torch.randn(b, k), torch.randn(b, k), torch.randn(k, d)
-    cases = [
-        (dict(logits=lg.double()), "logits must be float32"),
-        (dict(noise=nz.half()), "noise must be float32"),
-        (dict(codebook=cb.double()), "codebook must be float32"),
-        (dict(logits=lg[None]), "2-D"),
+    errors = [
+        (dict(logits=lg[None]), "logits must be"),
         (dict(noise=nz[:, :-1]), "noise must have the logits' shape"),
-        (dict(codebook=cb[:-1]), "codes but the logits have"),
-        (dict(codebook=torch.randn(d, k).t()), "codebook must be contiguous"),
-        (dict(logits=torch.randn(k, b).t()), "last dimension must be contiguous"),
+        (dict(codebook=cb[:-1]), "codebook must be"),
         (dict(codebook=cb.to("meta")), "one device"),
-        (dict(logits=lg.numpy()), "torch.Tensor"),
+        (dict(logits=lg.numpy()), "torch tensor"),
         (dict(temperature=0.0), "temperature must be positive"),
         (dict(temperature=-1.0), "temperature must be positive"),
+        (dict(temperature="1"), "temperature must be a Python number"),
         (dict(top_k=0), "top_k"),
         (dict(top_k=k + 1), "top_k"),
         (dict(top_k=2.0), "top_k"),
         (dict(codes_out=torch.empty(b, dtype=torch.int32)), "codes_out"),
         (dict(codes_out=torch.empty(b + 1, dtype=torch.int64)), "codes_out"),
-        (dict(codes_out=torch.empty(1, dtype=torch.int64).expand(b)), "codes_out"),
         (dict(emb_out=torch.empty(b, d, dtype=torch.float64)), "emb_out"),
+    ]
+    cannot = [
+        (dict(logits=lg.double(), noise=nz.double()), "logits must be float32"),
+        (dict(noise=nz.half()), "noise must be float32"),
+        (dict(codebook=cb.double()), "codebook must be float32"),
+        (dict(codebook=torch.randn(d, k).t()), "codebook must be contiguous"),
+        (dict(logits=torch.randn(k, b).t()), "logits's last dimension must be contiguous"),
+        (dict(codes_out=torch.empty(1, dtype=torch.int64).expand(b)), "codes_out"),
         (dict(emb_out=torch.empty(d, b).t()), "emb_out"),
     ]
-    for kw, msg in cases:
+    for backend in ("auto", "torch", "ext"):
+        for kw, msg in errors:
+            args = dict(logits=lg, noise=nz, codebook=cb)
+            args.update(kw)
+            with pytest.raises(ValueError, match=msg):
+                sample_op.sample_step(**args, backend=backend)
+    for kw, msg in cannot:
         args = dict(logits=lg, noise=nz, codebook=cb)
         args.update(kw)
-        with pytest.raises(ValueError, match=msg):
-            _ext.sample_step(**args)
+        with pytest.raises(RuntimeError, match=f"backend='ext' was requested but cannot run: {msg}"):
+            sample_op.sample_step(**args, backend="ext")
+        assert sample_op.reason(args["logits"], args["noise"], args["codebook"]).startswith("torch:") or \
+            "codes_out" in kw or "emb_out" in kw  # auto falls back to PyTorch
 
 
 # ------------------------------------------------------------------------------------------ dispatch

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pyinpaint import official
 from pyinpaint.config import TextureConfig, texture_preset
-from pyinpaint.models import official
 from pyinpaint.models.layers import GatedConv2d, GatedDeconv2d, SNConv2d, upsample_nearest2x
 from pyinpaint.models.texture import (Discriminator, TextureGenerator, attention_transfer, attention_weights,
                                       feature_loss, hinge_d_loss, hinge_g_loss)

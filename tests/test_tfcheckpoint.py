@@ -1,14 +1,17 @@
-"""TensorFlow V2 checkpoint reader/writer (pyinpaint.tfcheckpoint): no TensorFlow, no fixture needed except for
-the real-checkpoint tests, which skip when the official parity fixtures are absent."""
+"""TensorFlow V2 checkpoint reader (pyinpaint.tfcheckpoint) and the tests' writer (tests/tfwriter.py): no
+TensorFlow, no fixture needed except for the real-checkpoint tests, which skip when the official parity fixtures
+are absent."""
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tfwriter as tfw
+from tfwriter import write_checkpoint
 
 from pyinpaint import tfcheckpoint as tfc
-from pyinpaint.tfcheckpoint import CheckpointError, list_variables, read_checkpoint, resolve_prefix, write_checkpoint
+from pyinpaint.tfcheckpoint import CheckpointError, list_variables, read_checkpoint, resolve_prefix
 
 DATA = ".data-00000-of-00001"
 
@@ -146,7 +149,7 @@ def test_snappy_decoder():
     assert d(enc, "t") == lit * 2                                                    # long literal, 2-byte copies
     enc4 = bytes([8]) + b"\x08xyz" + bytes([(5 - 1) << 2 | 3]) + (1).to_bytes(4, "little")
     assert d(enc4, "t") == b"xyzzzzzz"                                               # 4-byte offset, run
-    assert d(tfc._snappy_literal(lit * 700), "t") == lit * 700
+    assert d(tfw._snappy_literal(lit * 700), "t") == lit * 700
     with pytest.raises(CheckpointError, match="offset"):
         d(b"\x05\x11\x03", "t")                                                      # copy before any output
     with pytest.raises(CheckpointError, match="header says"):
@@ -182,6 +185,33 @@ def test_resolve_prefix_variants(tmp_path):
     (d / "checkpoint").unlink()
     with pytest.raises(FileNotFoundError, match="2 '.index' files"):
         resolve_prefix(d)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b'model_checkpoint_path: "' + b"x" * 5000 + b'"\n', "cannot use path"),                # name too long
+    (b'model_checkpoint_path: "' + b"d/" * 3000 + b'm"\n', "cannot use path"),              # path too long
+    (b'model_checkpoint_path: "\\377\\376"\n', "not a valid UTF-8 path"),                 # octal escapes, not UTF-8
+    (b'model_checkpoint_path: "\\xff"\n', "not a valid UTF-8 path"),
+    (b'model_checkpoint_path: "bad\\x"\n', "not a valid UTF-8 path"),                      # a broken escape
+    (b'model_checkpoint_path: "a\\000b"\n', "not a valid path"),                           # a NUL byte
+    (b'model_checkpoint_path: ""\n', "not a valid path"),
+    (b"\xff\xfe garbage", "no model_checkpoint_path"),
+    (b" " * (2 << 20), "larger than"),
+])
+def test_bad_state_file_is_a_checkpoint_error(tmp_path, content, match):
+    d = tmp_path / "run"
+    write_checkpoint(d / "model.ckpt", {"x": np.ones(2, np.float32)})
+    (d / "checkpoint").write_bytes(content)
+    with pytest.raises(CheckpointError, match=match) as e:
+        resolve_prefix(d)
+    assert str(d / "checkpoint") in str(e.value)
+
+
+def test_unusable_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot use path"):
+        resolve_prefix(tmp_path / ("x" * 5000))
+    with pytest.raises(FileNotFoundError):
+        resolve_prefix(tmp_path / "a\x00b")
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -250,9 +280,9 @@ def test_unknown_name(ckpt):
 
 
 def _entry(dtype: int, shape, offset: int, data: bytes, extra: bytes = b"") -> bytes:
-    shape_msg = b"".join(tfc._pb_bytes(2, tfc._pb_varint(1, d) if d else b"") for d in shape)
-    return (tfc._pb_varint(1, dtype) + tfc._pb_bytes(2, shape_msg) + tfc._pb_varint(4, offset)
-            + tfc._pb_varint(5, len(data)) + tfc._pb_fixed32(6, tfc._mask(tfc.crc32c(data))) + extra)
+    shape_msg = b"".join(tfw._pb_bytes(2, tfw._pb_varint(1, d) if d else b"") for d in shape)
+    return (tfw._pb_varint(1, dtype) + tfw._pb_bytes(2, shape_msg) + tfw._pb_varint(4, offset)
+            + tfw._pb_varint(5, len(data)) + tfw._pb_fixed32(6, tfc._mask(tfc.crc32c(data))) + extra)
 
 
 def _raw_bundle(prefix: Path, tensors: dict[str, tuple[int, tuple, bytes, bytes]], big_endian: bool = False) -> Path:
@@ -263,9 +293,9 @@ def _raw_bundle(prefix: Path, tensors: dict[str, tuple[int, tuple, bytes, bytes]
         items.append((name.encode(), _entry(dtype, shape, offset, raw, extra)))
         data += raw
         offset += len(raw)
-    header = tfc._pb_varint(1, 1) + (tfc._pb_varint(2, 1) if big_endian else b"") + tfc._pb_bytes(3, tfc._pb_varint(1, 1))
+    header = tfw._pb_varint(1, 1) + (tfw._pb_varint(2, 1) if big_endian else b"") + tfw._pb_bytes(3, tfw._pb_varint(1, 1))
     Path(str(prefix) + DATA).write_bytes(data)
-    Path(str(prefix) + ".index").write_bytes(tfc._build_table([(b"", header)] + items, block_size=4096,
+    Path(str(prefix) + ".index").write_bytes(tfw._build_table([(b"", header)] + items, block_size=4096,
                                                               restart_interval=16))
     return prefix
 
@@ -282,7 +312,7 @@ def test_bfloat16_big_endian_and_unsupported(tmp_path):
     assert _same(read_checkpoint(p)["x"], np.arange(4, dtype=np.float32).reshape(2, 2))
 
     p = _raw_bundle(tmp_path / "bad", {"weird": (99, (1,), b"\x00" * 4, b""), "var": (21, (), b"", b""),
-                                       "part": (1, (4,), b"", tfc._pb_bytes(7, b"")), "ok": (1, (), b"\x00" * 4, b"")})
+                                       "part": (1, (4,), b"", tfw._pb_bytes(7, b"")), "ok": (1, (), b"\x00" * 4, b"")})
     assert _same(read_checkpoint(p, names=["ok"])["ok"], np.array(0, np.float32))
     with pytest.raises(CheckpointError, match="unknown dtype enum 99") as e:
         read_checkpoint(p, names=["weird"])
@@ -294,6 +324,9 @@ def test_bfloat16_big_endian_and_unsupported(tmp_path):
 
     p = _raw_bundle(tmp_path / "size", {"x": (1, (3,), b"\x00" * 8, b"")})
     with pytest.raises(CheckpointError, match="expected 12"):
+        read_checkpoint(p)
+    p = _raw_bundle(tmp_path / "bf_size", {"x": (14, (3,), b"\x00" * 5, b"")})   # an odd size for bfloat16
+    with pytest.raises(CheckpointError, match="expected 6"):
         read_checkpoint(p)
 
 

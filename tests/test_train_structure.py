@@ -64,5 +64,5 @@ def test_resume_is_exact_with_dropout(stage_images, tiny_vq_run, tmp_path):
 
 def test_mismatched_vqvae_is_refused(stage_images, tiny_vq_run, tmp_path, capsys):
     assert main(["train", "structure", "--vqvae", str(tmp_path / "missing"), "--data", str(stage_images),
-                 "--out", str(tmp_path / "x"), "--config", "tiny", "--device", "cpu"]) == 2
+                 "--out", str(tmp_path / "x"), "--config", "tiny", "--device", "cpu"]) == 1  # runtime error: exit 1 (2 = argparse usage errors)
     assert "not a training run" in capsys.readouterr().err

@@ -67,9 +67,9 @@ def test_resume_is_exact(image_dir, tmp_path):
 def test_signal_stops_at_a_step_boundary_and_resume_is_exact(image_dir, tmp_path, monkeypatch):
     original = VQVAETask.train_step
 
-    def step_then_interrupt(self, batch, step):
-        out = original(self, batch, step)
-        if step == 2:
+    def step_then_interrupt(self, ctx):
+        out = original(self, ctx)
+        if ctx.step_index == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-run, like Ctrl-C
         return out
 
@@ -139,16 +139,16 @@ def test_cli_train_then_eval(image_dir, tmp_path, capsys):
     assert model.cfg == vqvae_preset("tiny")
 
     assert main(["train", "vqvae", "--data", str(image_dir), "--out", str(out), "--config", "tiny",
-                 "--steps", "4", "--device", "cpu", "--quiet"]) == 2
+                 "--steps", "4", "--device", "cpu", "--quiet"]) == 1  # runtime error: exit 1 (2 = argparse usage errors)
     assert "already holds a run" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["train", "vqvae", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"),
-                 "--config", "tiny", "--device", "cpu"]) == 2
+                 "--config", "tiny", "--device", "cpu"]) == 1
     assert str(tmp_path / "empty") in capsys.readouterr().err
-    assert main(["eval", "vqvae", str(tmp_path / "nope"), "--data", str(tmp_path), "--device", "cpu"]) == 2
+    assert main(["eval", "vqvae", str(tmp_path / "nope"), "--data", str(tmp_path), "--device", "cpu"]) == 1
     assert "not a training run" in capsys.readouterr().err
 
 

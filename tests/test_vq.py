@@ -268,7 +268,7 @@ def test_reason_auto():
     text = vq.reason(z, cb)
     if DEVICE == "cpu":
         if vq._ext_unavailable_reason(z, cb) is None:
-            assert text == "ext: tensors are on cpu; the C++ extension's op is the fastest there"
+            assert text == "ext: tensors are on cpu and the C++ extension's op takes them"
         else:
             assert text.startswith("torch: tensors are on cpu and the C++ op cannot run")
             assert "never routes CPU tensors to the Triton interpreter" in text
@@ -287,6 +287,8 @@ def test_reason_auto_cpu_even_with_interpreter(monkeypatch):
 
 
 def test_triton_unavailable_reasons(monkeypatch):
+    installed = _triton.HAS_TRITON
+    monkeypatch.setattr(_triton, "HAS_TRITON", True)  # the checks after the import one (also without triton)
     cpu = torch.randn(3)
     meta = torch.empty(3, device="meta")
     assert "different devices (cpu, meta)" in _triton.triton_unavailable_reason(cpu, meta)
@@ -295,7 +297,7 @@ def test_triton_unavailable_reasons(monkeypatch):
     assert _triton.triton_unavailable_reason(cpu).startswith(
         "tensors are on the CPU and TRITON_INTERPRET is not set")
     monkeypatch.setattr(_triton, "INTERPRET", True)
-    if _triton.HAS_TRITON:
+    if installed:
         assert _triton.triton_unavailable_reason(cpu) is None
     monkeypatch.setattr(_triton, "HAS_TRITON", False)
     monkeypatch.setattr(_triton, "_IMPORT_ERROR", "ModuleNotFoundError: No module named 'triton'")
@@ -305,7 +307,7 @@ def test_triton_unavailable_reasons(monkeypatch):
 @pytest.mark.parametrize("setting,message", [
     ({"HAS_TRITON": False, "_IMPORT_ERROR": "ModuleNotFoundError: No module named 'triton'"},
      "triton is not installed"),
-    ({"INTERPRET": False}, "TRITON_INTERPRET is not set"),
+    ({"HAS_TRITON": True, "INTERPRET": False}, "TRITON_INTERPRET is not set"),  # also without triton installed
 ])
 def test_explicit_triton_unavailable_raises(monkeypatch, setting, message):
     for name, value in setting.items():
@@ -341,6 +343,9 @@ class _FakeExt:
     def why_no_cuda(self):
         return None if self.cuda else "pyinpaint._C was built without CUDA"
 
+    def warn_once(self):
+        pass
+
     def nearest_code(self, z2d, codebook, norms):
         assert z2d.dim() == 2 and z2d.is_contiguous() and z2d.dtype == torch.float32
         assert codebook.is_contiguous() and norms.dtype == torch.float32 and norms.is_contiguous()
@@ -350,7 +355,7 @@ class _FakeExt:
 
 def test_ext_dispatch_contract(monkeypatch):
     fake = _FakeExt()
-    monkeypatch.setattr(vq, "_load_ext", lambda: (fake, None))
+    monkeypatch.setattr(vq, "_ext", fake)
     z = torch.randn(7, 5, 2, 12).permute(2, 1, 0, 3)  # non-contiguous, [2, 5, 7, 12]
     cb = torch.randn(9, 12)
     assert vq.reason(z, cb, "ext") == "ext: requested explicitly; runs on cpu"
@@ -363,24 +368,24 @@ def test_ext_dispatch_contract(monkeypatch):
         vq.nearest_code(z.half(), cb.half(), backend="ext")
 
 
-@pytest.mark.parametrize("load,message", [
-    (lambda: (None, "the C++ extension wrapper kernels/_ext.py cannot be imported (boom)"), "cannot be imported"),
-    (lambda: (_FakeExt(ok=False, why="pyinpaint._C was not built"), None), "pyinpaint._C was not built"),
+@pytest.mark.parametrize("fake,dtype,message", [
+    (_FakeExt(ok=False, why="pyinpaint._C was not built"), torch.float32, "pyinpaint._C was not built"),
+    (_FakeExt(), torch.float64, "float32 only on the CPU"),  # there, but it does not take these inputs
 ])
-def test_explicit_ext_unavailable_raises(monkeypatch, load, message):
-    monkeypatch.setattr(vq, "_load_ext", load)
-    z, cb = torch.randn(5, 12), torch.randn(9, 12)
+def test_explicit_ext_unavailable_raises(monkeypatch, fake, dtype, message):
+    monkeypatch.setattr(vq, "_ext", fake)
+    z, cb = torch.randn(5, 12, dtype=dtype), torch.randn(9, 12, dtype=dtype)
     text = vq.reason(z, cb, "ext")
     assert text.startswith("none: backend='ext' was requested but cannot run: ") and message in text
     with pytest.raises(RuntimeError, match=message):
         vq.nearest_code(z, cb, backend="ext")
+    assert not fake.calls
 
 
 def test_ext_real_if_available():
-    ext, why = vq._load_ext()
     z = _randn(130, 64, seed=101).cpu()
     cb = _randn(300, 64, seed=102).cpu()
-    why = why or vq._ext_unavailable_reason(z, cb)
+    why = vq._ext_unavailable_reason(z, cb)
     if why is not None:
         pytest.skip(f"C++ extension cannot run: {why}")
     idx, emb = vq.nearest_code(z, cb, backend="ext")

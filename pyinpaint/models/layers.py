@@ -2,17 +2,22 @@
 
 Tensors are NCHW here (PyTorch); the official code is NHWC. Where TF and PyTorch differ, the TF
 behaviour is the one implemented (padding, initialisation), so that official weights give the same
-numbers. The official TF names of the layers live in :mod:`pyinpaint.models.official`, not here.
+numbers. The official TF names of the layers live in :mod:`pyinpaint.official`, not here.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pyinpaint.kernels.causal_attention import causal_attention
+from pyinpaint.kernels.causal_conv import (CausalConvState, causal_conv2d, causal_conv2d_init_state,
+                                           causal_conv2d_update)
+from pyinpaint.kernels.decode_attention import choose_backend as choose_decode_backend
+from pyinpaint.kernels.decode_attention import decode_attention
 
 
 def same_padding(size: int, kernel: int, stride: int = 1, dilation: int = 1) -> tuple[int, int]:
@@ -97,62 +102,24 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Step mode (the cached sampler). Every causal layer has forward(x) over the whole map and
-# init_state(...) / step(state, x_t, pos) for one position (or one row, for the u stream's "down" layers,
-# which only see rows above). Step tensors are channels-last: a position is [B, C], a row [B, W, C];
-# positions are raster indices p = y * W + x, rows their y. A state holds the weight-normalised weights,
-# computed once in the layout the step needs, and static buffers the step writes into. States track no
-# gradients; run steps under torch.inference_mode() (the sampler does). Steps must come in raster order.
+# Step mode (the cached sampler): one protocol for every causal layer (WNConv2d with a causal padding,
+# CausalSelfAttention, a causal GatedResBlock, and the PixelCNN in pyinpaint.models.structure):
+#
+#   forward(x)                              the whole map (training, the naive sampler)
+#   init_state(batch, height, width, ...)   static state for a height x width map, every buffer allocated here
+#   step(state, x_t, pos, ...)              the output at raster position pos = y * width + x
+#
+# ``pos`` is always a raster index. Layers whose output row depends on whole input rows only ("down" convolutions
+# and blocks: the u stream) step a row at a time, at the row's first position (pos = y * width, x_t and the output [B, W, C]); the
+# others a position at a time (x_t and the output [B, C]). Step tensors are channels-last. Steps come in raster
+# order; the sampler owns the loop. States hold the weights in the layout the step needs (normalised once), track
+# no gradients, and are run under torch.inference_mode() (the sampler does). The step arithmetic of the ops lives
+# beside their full forms in pyinpaint.kernels (causal_conv2d_update, decode_attention).
 
 
 def concat_elu_last(x: torch.Tensor) -> torch.Tensor:
     """concat_elu over the LAST axis (channels-last step tensors): elu(cat([x, -x], -1))."""
     return F.elu(torch.cat([x, -x], dim=-1))
-
-
-# Whole rows at once (the u stream, and the rows above in the ul stream) go through oneDNN's convolution when
-# batch x width reaches this many outputs: measured 1.4-2x MKL's GEMM on the gathered windows there (AVX-512),
-# while below it the GEMM wins (1.5x at batch 1). Both give the same numbers up to float32 rounding.
-ROWS_BY_CONV_MIN = 128
-
-
-@dataclass
-class CausalConvState:
-    """Step state of a causal :class:`WNConv2d` on a map ``width`` wide.
-
-    ``rows`` [B, kh, left + width + right, C']: the last kh rows of the layer's input (concat_elu applied when the
-    layer fuses it: C' = 2C), zero in the padding columns; the rows above row 0 are zeros, as the padding.
-    Filter rows applied to whole rows (all kh in row mode, "down"; the kh - 1 above in pixel mode, "down_right"):
-    ``row_w`` [O, C', n, kw] (convolution) or ``row_wt`` [n*kw*C', O] on ``row_windows`` [B, W, n, kw, C'].
-    Pixel mode applies them once per row into ``row_base`` [B, W, O] (with the bias and the caller's row_extra),
-    and the current row's filter ``weight_t`` [kw*C', O] at each pixel. ``slots`` (where an input goes),
-    ``windows`` (what the current-row filter sees) and ``bases`` are views made once here, so that a step
-    indexes Python lists, not tensors.
-    """
-
-    concat_elu: bool
-    width: int
-    rows: torch.Tensor
-    bias: torch.Tensor
-    sign: torch.Tensor  # [[1], [-1]]: writes [x, -x] in one multiplication
-    by_conv: bool  # whole rows through F.conv2d with row_w (else addmm with row_wt on row_windows)
-    row_w: torch.Tensor | None
-    row_wt: torch.Tensor | None
-    row_windows: torch.Tensor | None  # None when no filter row applies to whole rows (pixel mode, kh = 1)
-    weight_t: torch.Tensor | None
-    row_base: torch.Tensor | None
-    slots: list[torch.Tensor]  # down: [the current row [B, W, (2,) C]]; down_right: per column [B, (2,) C]
-    windows: list[torch.Tensor]  # down_right: per column [B, kw*C']
-    bases: list[torch.Tensor]  # down_right: row_base[:, x] per column
-
-
-def _put(st: CausalConvState, slot: torch.Tensor, x: torch.Tensor) -> None:
-    """slot <- concat_elu(x) (slot viewed [..., 2, C]) or x."""
-    if st.concat_elu:
-        torch.mul(x.unsqueeze(-2), st.sign, out=slot)
-        F.elu(slot, inplace=True)
-    else:
-        slot.copy_(x)
 
 
 def _weight_norm(v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -191,10 +158,11 @@ class WNConv2d(nn.Module):
     def forward(self, x: torch.Tensor, concat_elu: bool = False) -> torch.Tensor:
         w = self.weight()
         if self.padding != "same":
-            from pyinpaint.kernels.causal_conv import causal_conv2d
-
-            kind = "down" if self.padding == "down" else "down_right"
-            return causal_conv2d(x, w, self.b, kind=kind, concat_elu=concat_elu)
+            b = self.b
+            if torch.is_autocast_enabled(x.device.type):  # the op takes one dtype: autocast's (norms stay fp32)
+                dt = torch.get_autocast_dtype(x.device.type)
+                x, w, b = x.to(dt), w.to(dt), b.to(dt)
+            return causal_conv2d(x, w, b, kind=self.padding, concat_elu=concat_elu)
         if concat_elu:
             x = _concat_elu(x)
         (kh, kw), s, d = self.kernel, self.stride, self.dilation
@@ -206,78 +174,20 @@ class WNConv2d(nn.Module):
 
 
     # ---------------------------------------------------------------------------------- step mode
-    def init_state(self, batch: int, width: int, *, concat_elu: bool = False) -> CausalConvState:
-        """Step state for a ``width``-wide map (the causal kinds only); ``concat_elu`` as in forward."""
+    def init_state(self, batch: int, height: int, width: int, *, concat_elu: bool = False) -> CausalConvState:
+        """Step state on a ``height`` x ``width`` map (the causal kinds only); ``concat_elu`` as in forward."""
         if self.padding == "same":
             raise ValueError("only causal ('down', 'down_right') convolutions have a step mode")
-        kh, kw = self.kernel
         with torch.no_grad():
             w = self.weight().detach()  # [O, C', kh, kw]
-        o, cin = w.shape[:2]
-        if concat_elu and cin % 2:
-            raise ValueError(f"concat_elu doubles the channels: {cin} input channels cannot take it")
-        if self.padding == "down" and kw % 2 == 0:
-            raise ValueError(f"a 'down' convolution needs an odd filter width (got {kw})")
-        pixel = self.padding == "down_right"
-        left, right = (kw - 1, 0) if pixel else ((kw - 1) // 2, (kw - 1) // 2)
-        rows = w.new_zeros(batch, kh, left + width + right, cin)
-        wp = rows.shape[2]
-        n = kh - 1 if pixel else kh  # filter rows applied to whole rows
-
-        def slot(t):  # [..., C'] -> [..., 2, C] for the [x, -x] write
-            return t.unflatten(-1, (2, cin // 2)) if concat_elu else t
-
-        def transposed(m):  # [O, C', rows, kw] -> [rows*kw*C', O] (a transposed view of a contiguous [O, I])
-            return m.permute(0, 2, 3, 1).reshape(o, -1).contiguous().t()
-
-        by_conv = batch * width >= ROWS_BY_CONV_MIN  # one of the two layouts of the whole-row filter rows is kept
-        sign = w.new_ones(2, 1)
-        sign[1] = -1.0  # a fill, not a host-to-device copy: init_state runs inside a CUDA-graph capture too
-        state = CausalConvState(
-            concat_elu, width, rows, self.b.detach().clone(), sign, by_conv,
-            w[:, :, :n].contiguous() if n and by_conv else None, transposed(w[:, :, :n]) if n and not by_conv else None,
-            rows.as_strided((batch, width, n, kw, cin), (kh * wp * cin, cin, wp * cin, cin, 1)) if n else None,
-            None, None, [slot(rows[:, -1, left:left + width])], [], [])
-        if pixel:
-            state.weight_t = transposed(w[:, :, -1:])
-            state.row_base = w.new_zeros(batch, width, o)
-            state.slots = [slot(rows[:, -1, x + kw - 1]) for x in range(width)]
-            state.windows = [rows[:, -1, x:x + kw].view(batch, -1) for x in range(width)]
-            state.bases = [state.row_base[:, x] for x in range(width)]
-        return state
+        return causal_conv2d_init_state(w, self.b, batch, width, kind=self.padding, concat_elu=concat_elu)
 
     def step(self, state: CausalConvState, x_t: torch.Tensor, pos: int,
              row_extra: torch.Tensor | None = None) -> torch.Tensor:
-        """"down": x_t is input row ``pos`` [B, W, C] -> output row [B, W, O]. "down_right": x_t is the input at
-        raster position ``pos`` [B, C] -> output there [B, O]; ``row_extra`` [B, W, O] (read when a row
-        starts, x = 0) is added to every output of that row."""
-        if self.padding == "down":
-            self._shift_rows(state)
-            _put(state, state.slots[0], x_t)
-            return self._whole_rows(state)
-        st, x = state, pos % state.width
-        if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
-            self._shift_rows(st)
-            if st.row_windows is None:  # no rows above (kh = 1)
-                st.row_base.copy_(st.bias.expand_as(st.row_base))
-            else:
-                st.row_base.copy_(self._whole_rows(st))
-            if row_extra is not None:
-                st.row_base += row_extra
-        _put(st, st.slots[x], x_t)
-        return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
-
-    def _shift_rows(self, st: CausalConvState) -> None:
-        for i in range(self.kernel[0] - 1):  # the window moves down one row
-            st.rows[:, i].copy_(st.rows[:, i + 1])
-
-    def _whole_rows(self, st: CausalConvState) -> torch.Tensor:
-        """The whole-row filter rows over every column: [B, W, O]."""
-        b, w = st.rows.shape[0], st.width
-        if st.by_conv:  # rows is NHWC: as NCHW it is a channels-last tensor, and so is the output
-            y = F.conv2d(st.rows[:, :st.row_windows.shape[2]].permute(0, 3, 1, 2), st.row_w, st.bias)
-            return y.permute(0, 2, 3, 1).reshape(b, w, -1)
-        return torch.addmm(st.bias, st.row_windows.reshape(b * w, -1), st.row_wt).view(b, w, -1)
+        """"down": x_t = input row [B, W, C] at pos = y * W -> output row [B, W, O]. "down_right": x_t = input at
+        raster position ``pos`` [B, C] -> output there [B, O]; ``row_extra`` [B, W, O] (read when a row starts,
+        x = 0) is added to every output of that row."""
+        return causal_conv2d_update(state, x_t, pos, row_extra)
 
 
 class WNDense(nn.Module):
@@ -322,10 +232,8 @@ class AttentionState:
     out_bias: torch.Tensor  # position 0 attends to nothing: its output is the out projection's bias
     keys_t: torch.Tensor  # [B, heads, dk, L] (transposed: the scores are one [1, dk] x [dk, p] product per head)
     inputs: torch.Tensor  # [B, L, C]
-    # The Triton decode-attention kernel when the op's auto dispatch picks it for these caches (CUDA), chosen once in
-    # init_state; None: the matmul path of ``step`` (measured fast on the CPU).
-    decode: Callable[..., torch.Tensor] | None = None
-    pos_t: torch.Tensor | None = None  # int32 [1] on the device: the position as the kernel reads it (Triton only)
+    backend: str = "torch"  # of the decode-attention op, chosen once in init_state by its auto dispatch
+    pos_t: torch.Tensor | None = None  # int32 [1] on the device: the position as the Triton kernel reads it
 
 
 class CausalSelfAttention(nn.Module):
@@ -345,16 +253,16 @@ class CausalSelfAttention(nn.Module):
         self.out = WNDense(heads * dv, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from pyinpaint.kernels.causal_attention import causal_attention
-
         n, _, h, w = x.shape
         qkv = self.qkv(x).view(n, self.heads, 2 * self.dk + self.dv, h * w).transpose(2, 3)
         q, k, v = qkv.split([self.dk, self.dk, self.dv], dim=-1)
         att = causal_attention(q, k, v, scale=1.0 / math.sqrt(self.dk))  # [n, heads, L, dv]
         return self.out(att.transpose(2, 3).reshape(n, self.heads * self.dv, h, w))
 
-    def init_state(self, batch: int, length: int) -> AttentionState:
-        """Step state for ``length`` positions (empty caches) and the folded weights (see :class:`AttentionState`)."""
+    def init_state(self, batch: int, height: int, width: int) -> AttentionState:
+        """Step state on a ``height`` x ``width`` map (empty caches) and the folded weights (see
+        :class:`AttentionState`)."""
+        length = height * width
         h, dk, dv = self.heads, self.dk, self.dv
         (w_qkv, b_qkv), (w_out, b_out) = self.qkv.step_params(), self.out.step_params()
         c = w_qkv.shape[1]
@@ -366,12 +274,10 @@ class CausalSelfAttention(nn.Module):
         mix_bias = b_out + torch.einsum("ohd,hd->o", w_o, b3[:, 2 * dk:])
         qk_t = (w3[:, :2 * dk] * scale[:, None]).reshape(-1, c).t()
         keys_t, inputs = w3.new_zeros(batch, h, dk, length), w3.new_zeros(batch, length, c)
-        from pyinpaint.kernels import decode_attention as da
-
-        triton = da.reason(keys_t[..., 0], keys_t, inputs).startswith("triton:")  # a query is [B, heads, dk]
+        backend = choose_decode_backend(keys_t[..., 0], keys_t, inputs).require()  # a query is [B, heads, dk]
         return AttentionState(qk_t, (b3[:, :2 * dk] * scale).reshape(-1), mix, mix_bias, b_out, keys_t, inputs,
-                              da.decode_attention_triton if triton else None,
-                              torch.empty(1, dtype=torch.int32, device=w3.device) if triton else None)
+                              backend, torch.empty(1, dtype=torch.int32, device=w3.device) if backend == "triton"
+                              else None)
 
     def step(self, state: AttentionState, x_t: torch.Tensor, pos: int) -> torch.Tensor:
         """x_t [B, C] at raster position ``pos`` -> [B, C]: attends to positions 0 .. pos-1 of the cache, then
@@ -382,13 +288,9 @@ class CausalSelfAttention(nn.Module):
         st.inputs[:, pos] = x_t
         if pos == 0:
             return st.out_bias.expand(b, -1)
-        q = qk[:, :, :self.dk]
-        if st.decode is not None:  # CUDA: one launch shape for every position, pos only in a device tensor
-            st.pos_t.fill_(pos)  # a fill kernel, no host-to-device copy or sync
-            mixed = st.decode(q, st.keys_t, st.inputs, st.pos_t)  # [B, heads, C]
-        else:
-            scores = torch.matmul(q[:, :, None], st.keys_t[:, :, :, :pos])  # [B, heads, 1, pos]
-            mixed = torch.matmul(torch.softmax(scores, dim=-1).view(b, self.heads, pos), st.inputs[:, :pos])
+        # Triton (CUDA): one launch shape for every position, pos only in a device tensor (a fill, no sync)
+        mixed = decode_attention(qk[:, :, :self.dk], st.keys_t, st.inputs,
+                                 pos if st.pos_t is None else st.pos_t.fill_(pos), backend=st.backend)  # [B, heads, C]
         return torch.addmm(st.mix_bias, mixed.view(b, -1), st.mix)
 
 
@@ -459,15 +361,15 @@ class GatedResBlock(nn.Module):
         if self.attention is not None and self.conv1.padding == "down":
             raise ValueError("attention is stepped a position at a time: it needs a 'down_right' block")
         return GatedBlockState(
-            width, self.conv1.init_state(batch, width, concat_elu=True),
-            self.conv2.init_state(batch, width, concat_elu=True),
+            width, self.conv1.init_state(batch, height, width, concat_elu=True),
+            self.conv2.init_state(batch, height, width, concat_elu=True),
             None if self.aux is None else self.aux.step_params(),
-            None if self.attention is None else self.attention.init_state(batch, height * width))
+            None if self.attention is None else self.attention.init_state(batch, height, width))
 
     def step(self, state: GatedBlockState, x_t: torch.Tensor, pos: int, a: torch.Tensor | None = None,
              h_proj: torch.Tensor | None = None) -> torch.Tensor:
-        """"down": x_t = input row ``pos`` [B, W, C] -> output row [B, W, C]. "down_right": x_t = input at raster
-        position ``pos`` [B, C] -> output there [B, C]. Per-row inputs, this row's [B, W, ...] (a "down_right"
+        """"down": x_t = input row [B, W, C] at pos = y * W -> output row [B, W, C]. "down_right": x_t = input at
+        raster position ``pos`` [B, C] -> output there [B, C]. Per-row inputs, this row's [B, W, ...] (a "down_right"
         block reads them when a row starts, x = 0): ``a`` the auxiliary input, ``h_proj`` the condition's
         projection nin(concat_elu(h)) (see ``forward``)."""
         st = state
@@ -583,7 +485,8 @@ class SNConv2d(nn.Module):
     def normalized_weight(self, update_u: bool | None = None) -> torch.Tensor:
         """W / sigma after one power iteration; stores u_hat in ``u`` if ``update_u`` (default: training)."""
         # a copy: the in-place update below must not touch a tensor autograd saved for the backward pass
-        sigma, u_hat = self.power_iteration(self.u.clone())
+        with torch.autocast(self.weight.device.type, enabled=False):  # the statistics stay float32
+            sigma, u_hat = self.power_iteration(self.u.clone())
         if self.training if update_u is None else update_u:
             with torch.no_grad():
                 self.u.copy_(u_hat)

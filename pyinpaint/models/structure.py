@@ -3,7 +3,7 @@
 ``ConditionNet``: [masked image, ones, mask] -> h (8*cond_channels x S/8 x S/8), run once per image.
 ``PixelCNN``: top-code embeddings e (teacher forcing, or what has been sampled so far) + h -> logits over
 the K codes at every position, strictly causal in raster order. Submodules are registered in the official
-variable-creation order (see :mod:`pyinpaint.models.official`).
+variable-creation order (see :mod:`pyinpaint.official`).
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyinpaint.config import StructureConfig
-from pyinpaint.models.layers import (CausalConvState, GatedBlockState, GatedResBlock, WNConv2d, WNDense, concat_elu,
-                                     concat_elu_last, down_shift, right_shift)
+from pyinpaint.kernels.causal_conv import CausalConvState
+from pyinpaint.models.layers import (GatedBlockState, GatedResBlock, WNConv2d, WNDense, concat_elu, concat_elu_last,
+                                     down_shift, right_shift)
 
 # dilation of the first conv of each of the 10 gated blocks at the condition network's bottom
 _COND_RATES = (1, 1, 1, 2, 4, 8, 16, 1, 1, 1)
@@ -120,12 +121,11 @@ class PixelCNN(nn.Module):
         return self.logits(F.elu(ul))
 
     # ---------------------------------------------------------------------------------- step mode
-    def init_state(self, batch: int, height: int, width: int | None = None, *, h: torch.Tensor | None = None,
+    def init_state(self, batch: int, height: int, width: int, *, h: torch.Tensor | None = None,
                    h_proj: list[torch.Tensor] | None = None) -> PixelCNNState:
-        """Step state for sampling a ``height`` x ``width`` map (square by default) for ``batch`` rows of the condition
+        """Step state for sampling a ``height`` x ``width`` map for ``batch`` rows of the condition
         ``h`` [B, C_h, H, W] (or its projections ``h_proj``, as in forward): weights normalised once, every cache
         allocated here. The projections of h are made a row at a time (so they are never all held). Eval mode."""
-        width = height if width is None else width
         w = self.logits.v
         hc = cond_wt = cond_b = None
         if h_proj is None:
@@ -144,8 +144,8 @@ class PixelCNN(nn.Module):
         x[..., -1] = 1.0  # embed_input's ones channel (the padding around the map has none)
         return PixelCNNState(
             height, width, x,
-            self.u_in.init_state(batch, width), self.ul_in_up.init_state(batch, width),
-            self.ul_in_left.init_state(batch, width),
+            self.u_in.init_state(batch, height, width), self.ul_in_up.init_state(batch, height, width),
+            self.ul_in_left.init_state(batch, height, width),
             [blk.init_state(batch, height, width) for blk in self.blocks],
             hc, cond_wt, cond_b, None if h_proj is None else [p.detach() for p in h_proj], [],
             [None] * len(self.blocks), w.new_zeros(batch, width, self.u_in.out_ch), None,
@@ -182,10 +182,10 @@ class PixelCNN(nn.Module):
             u = torch.zeros_like(st.ul_up)
         else:
             row = st.x[:, y - 1]
-            u = self.u_in.step(st.u_in, row, y - 1)  # down_shift: u_in's row y-1 is u's row y
-            st.ul_up = self.ul_in_up.step(st.ul_in_up, row, y - 1)
+            u = self.u_in.step(st.u_in, row, (y - 1) * w)  # down_shift: u_in's row y-1 is u's row y
+            st.ul_up = self.ul_in_up.step(st.ul_in_up, row, (y - 1) * w)
         for i in range(0, len(self.blocks), 2):
-            u = self.blocks[i].step(st.blocks[i], u, y, h_proj=st.h_rows[i])
+            u = self.blocks[i].step(st.blocks[i], u, y * w, h_proj=st.h_rows[i])
             st.u_rows[i] = u
 
 

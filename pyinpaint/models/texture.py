@@ -7,7 +7,7 @@ map is a map of top-level codebook vectors (S/8 x S/8 x D): the ground-truth qua
 training, the sampled structure at test. Deterministic (no noise input).
 ``Discriminator``: [image, mask] -> flattened patch logits (NHWC order, as ``tf.layers.flatten``).
 
-Submodules are registered in the official variable-creation order (see :mod:`pyinpaint.models.official`).
+Submodules are registered in the official variable-creation order (see :mod:`pyinpaint.official`).
 """
 from __future__ import annotations
 

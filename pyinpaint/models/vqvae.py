@@ -1,7 +1,7 @@
 """Stage 1: the hierarchical VQ-VAE (official ``net/vqvae.py``), NCHW.
 
 Submodules are registered in the order the official code creates its TF variables; the official name
-mapping (:mod:`pyinpaint.models.official`) relies on that order.
+mapping (:mod:`pyinpaint.official`) relies on that order.
 """
 from __future__ import annotations
 
@@ -52,6 +52,9 @@ class VectorQuantizer(nn.Module):
         """Quantise z [N, D, H, W]. ``update`` (default: ``self.training``) applies the codebook EMA step."""
         if z.dim() != 4 or z.shape[1] != self.dim:
             raise ValueError(f"expected [N, {self.dim}, H, W], got {tuple(z.shape)}")
+        if torch.is_autocast_enabled(z.device.type):  # mixed precision: the codebook search stays float32
+            with torch.autocast(z.device.type, enabled=False):
+                return self.forward(z.float(), update)
         z_last = z.permute(0, 2, 3, 1)
         idx, emb = nearest_code(z_last, self.embedding)
         loss = self.commitment_cost * torch.mean((emb - z_last) ** 2)

@@ -6,7 +6,8 @@ entropy summed over all positions and the batch, Adam with the official schedule
 EMA 0.9997 (kept by the loop). Reported as bits per dimension: loss / (ln 2 * positions * batch).
 
 Departure (documented): each image gets its own mask, drawn by (seed, step, position in batch) from the
-mask source; the official code shares one mask across a batch.
+mask source by its global sample index (the same under DDP and accumulation); the official code shares one
+mask across a batch.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from pyinpaint import io
 from pyinpaint.config import StructureConfig
-from pyinpaint.data import MaskSource
+from pyinpaint.masks import MaskSource
 from pyinpaint.models.structure import StructureGenerator
 from pyinpaint.models.vqvae import VQVAE
 from pyinpaint.sampler import sample_cached
@@ -51,6 +52,7 @@ class StructureTask:
         self.masks, self.val_masks = masks, val_masks
         self.model = StructureGenerator(cfg).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr(0))
+        self.net: nn.Module = self.model  # what the steps call: the model, or its DDP wrapper
 
     def lr(self, step: int) -> float:
         return official_lr(step, self.lr_base, self.cfg.channels, self.warmup)
@@ -67,19 +69,28 @@ class StructureTask:
         enc = self.vqvae.encode(x, update_codebooks=False)
         return enc.quant_t, enc.idx_t
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def distribute(self, ctx) -> None:
+        self.net = ctx.wrap(self.model)
+
+    def train_step(self, ctx) -> dict[str, float]:
+        """Cross entropy summed over the global batch (as the official code); the masks by global sample index."""
         self.model.train()
-        lr = self.lr(step)
+        lr = self.lr(ctx.step_index)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        m = self.masks.batch(step * x.shape[0], x.shape[0], device=x.device)
-        e, idx = self.targets(x)
-        logits = self.model(x * (1 - m), m, e)
-        loss = F.cross_entropy(logits, idx, reduction="sum")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"bpd": bits_per_dim(loss.detach(), idx.numel()), "lr": lr}
+        ctx.zero_grad("adam")
+        ce, positions = 0.0, 0
+        for x, first in ctx.micro_batches():
+            m = self.masks.batch(first, x.shape[0], device=x.device)
+            e, idx = self.targets(x)
+            with ctx.autocast():
+                logits = self.net(x * (1 - m), m, e)
+            loss = F.cross_entropy(logits.float(), idx, reduction="sum")
+            ctx.backward(loss, "adam", reduction="sum")
+            ce += float(loss.detach())
+            positions += idx.numel()
+        ctx.step("adam")
+        return {"bpd": bits_per_dim(ce, positions), "lr": lr}
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:

@@ -12,6 +12,7 @@ Spectral-norm vectors u are updated at every D call, as the official graph does 
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from pyinpaint import io
 from pyinpaint.config import TextureConfig
-from pyinpaint.data import MaskSource
+from pyinpaint.masks import MaskSource
 from pyinpaint.models.texture import Discriminator, TextureGenerator, complete, feature_loss, hinge_d_loss, hinge_g_loss
 from pyinpaint.models.vqvae import VQVAE
 
@@ -51,6 +52,8 @@ class TextureTask:
         self.model = TextureGAN(cfg).to(device)
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=lr, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.model.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+        self.g: nn.Module = self.model.generator  # what the steps call: the networks, or their DDP wrappers
+        self.d: nn.Module = self.model.discriminator
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"g": self.opt_g, "d": self.opt_d}
@@ -59,36 +62,51 @@ class TextureTask:
         return {"texture": asdict(self.cfg), "vqvae": asdict(self.vqvae.cfg), "vqvae_run": self.vqvae_run,
                 "masks": repr(self.masks), "feature_weight": self.feature_weight}
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
-        g, d = self.model.generator, self.model.discriminator
+    def distribute(self, ctx) -> None:
+        self.g, self.d = ctx.wrap(self.model.generator), ctx.wrap(self.model.discriminator)
+
+    def train_step(self, ctx) -> dict[str, float]:
+        """A generator step over all micro-batches, then a discriminator step over them (on completions of the
+        updated generator). Losses and the feature loss's codebook distances in float32."""
+        g, d, vq = self.g, self.d, self.vqvae.encoder
         self.model.train()
-        m = self.masks.batch(step * x.shape[0], x.shape[0], device=x.device)
-        masked = x * (1 - m)
-        with torch.no_grad():
-            gt = self.vqvae.encode(x, update_codebooks=False)
+        sums: dict[str, float] = defaultdict(float)
+        prepared = []
         # generator step
-        out = g(masked, m, gt.quant_t)
-        comp = complete(out, masked, m)
-        ae = torch.mean(torch.abs(x - out))
-        gan = hinge_g_loss(d(comp, m, update_u=True))
-        enc = self.vqvae.encode(comp, update_codebooks=False)  # gradients reach comp, not the frozen VQ-VAE
-        vq = self.vqvae.encoder
-        fea = self.feature_weight * (feature_loss(enc.enc_t, gt.idx_t, vq.vq_t.embedding)
-                                     + feature_loss(enc.enc_b, gt.idx_b, vq.vq_b.embedding))
-        g_loss = ae + gan + fea
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_g.step()
+        ctx.zero_grad("g")
+        for x, first in ctx.micro_batches():
+            m = self.masks.batch(first, x.shape[0], device=x.device)
+            masked = x * (1 - m)
+            with torch.no_grad():
+                gt = self.vqvae.encode(x, update_codebooks=False)
+            with ctx.autocast():
+                out = g(masked, m, gt.quant_t)
+                comp = complete(out, masked, m)
+                d_fake = d(comp, m, update_u=True)
+                enc = self.vqvae.encode(comp, update_codebooks=False)  # gradients reach comp, not the frozen VQ-VAE
+            ae = torch.mean(torch.abs(x - out.float()))
+            gan = hinge_g_loss(d_fake.float())
+            fea = self.feature_weight * (feature_loss(enc.enc_t.float(), gt.idx_t, vq.vq_t.embedding)
+                                         + feature_loss(enc.enc_b.float(), gt.idx_b, vq.vq_b.embedding))
+            g_loss = ae + gan + fea
+            ctx.backward(g_loss, "g")
+            prepared.append((m, masked, gt.quant_t))
+            for k, v in {"g_loss": g_loss, "l1": ae, "gan": gan, "fea": fea}.items():
+                sums[k] += v.item()
+        ctx.step("g")
         # discriminator step, on completions of the updated generator
-        with torch.no_grad():
-            comp = complete(g(masked, m, gt.quant_t), masked, m)
-        logits = d(torch.cat([x, comp]), torch.cat([m, m]), update_u=True)
-        real, fake = logits.chunk(2)
-        d_loss = hinge_d_loss(real, fake)
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
-        return {"g_loss": g_loss.item(), "l1": ae.item(), "gan": gan.item(), "fea": fea.item(), "d_loss": d_loss.item()}
+        ctx.zero_grad("d")
+        for (x, _), (m, masked, quant_t) in zip(ctx.micro_batches(), prepared):
+            with torch.no_grad(), ctx.autocast():
+                comp = complete(g(masked, m, quant_t), masked, m)
+            with ctx.autocast():
+                logits = d(torch.cat([x, comp.to(x.dtype)]), torch.cat([m, m]), update_u=True)
+            real, fake = logits.float().chunk(2)
+            d_loss = hinge_d_loss(real, fake)
+            ctx.backward(d_loss, "d")
+            sums["d_loss"] += d_loss.item()
+        ctx.step("d")
+        return {k: v / ctx.accumulate for k, v in sums.items()}
 
     @torch.no_grad()
     def validate(self, model: TextureGAN, batches: Iterable[torch.Tensor]) -> dict[str, float]:

@@ -5,6 +5,7 @@ learn by EMA inside the quantiser (no gradient); Polyak EMA 0.9997 of the other 
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -34,6 +35,7 @@ class VQVAETask:
         self.model = VQVAE(cfg).to(device)
         # The codebooks are buffers, so only the convolutions are optimised (as in the official code).
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8)
+        self.net: nn.Module = self.model  # what the steps call: the model, or its DDP wrapper
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"adam": self.opt}
@@ -41,18 +43,28 @@ class VQVAETask:
     def config(self) -> dict:
         return asdict(self.cfg)
 
-    def train_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+    def distribute(self, ctx) -> None:
+        self.net = ctx.wrap(self.model)
+
+    def train_step(self, ctx) -> dict[str, float]:
+        """Mean losses over each micro-batch; the codebook EMA moves once per micro-batch (as the official
+        code per batch), on statistics all-reduced over the processes."""
         self.model.train()
-        rec, enc = self.model(x)
-        mse = torch.mean((x - rec) ** 2)
-        loss = mse + enc.loss
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        use_t, ppl_t = codebook_stats(enc.counts_t)
-        use_b, ppl_b = codebook_stats(enc.counts_b)
-        return {"loss": loss.item(), "mse": mse.item(), "commit": enc.loss.item(),
-                "use_t": use_t, "use_b": use_b, "ppl_t": ppl_t, "ppl_b": ppl_b}
+        ctx.zero_grad("adam")
+        sums: dict[str, float] = defaultdict(float)
+        for x, _ in ctx.micro_batches():
+            with ctx.autocast():
+                rec, enc = self.net(x)
+            mse = torch.mean((x - rec.float()) ** 2)
+            loss = mse + enc.loss
+            ctx.backward(loss, "adam")
+            use_t, ppl_t = codebook_stats(enc.counts_t)
+            use_b, ppl_b = codebook_stats(enc.counts_b)
+            for k, v in {"loss": loss.item(), "mse": mse.item(), "commit": enc.loss.item(), "use_t": use_t,
+                         "use_b": use_b, "ppl_t": ppl_t, "ppl_b": ppl_b}.items():
+                sums[k] += v
+        ctx.step("adam")
+        return {k: v / ctx.accumulate for k, v in sums.items()}
 
     @torch.no_grad()
     def validate(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str, float]:
