@@ -181,12 +181,15 @@ def use_threads(threads: int | None = None, work: float = math.inf, *,
     depth = getattr(_LOCAL, "depth", 0)
     adaptive = fixed is None and depth == 0  # a call inside a call of the same thread shares its cores
     with _LOCK:
+        # get_num_threads first: a thread's first torch call initialises its count from the process default, and
+        # must not do so later, over the count set here
+        current = torch.get_num_threads()
         if _ENTERED == 0:
-            _OUTER = torch.get_num_threads()
+            _OUTER = current
         # What this call restores: inside another call of this thread, that call's count; else the count found by
         # the first call in (a thread entering while another thread's call runs may hold that call's temporary
         # count, picked up at its first torch op).
-        own = torch.get_num_threads() if depth else _OUTER
+        own = current if depth else _OUTER
         _ENTERED += 1
         _ADAPTIVE += adaptive
         state = Threads(fixed, work, cores)
