@@ -17,7 +17,7 @@ from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
-    p.add_argument("--out", required=True, help="run directory to create (or to continue with --resume); under "
+    p.add_argument("-o", "--out", required=True, help="run directory to create (or to continue with --resume); under "
                                                  "torchrun only rank 0 writes it")
     p.add_argument("--steps", type=int, default=1000, help="total training steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=batch_size,
@@ -52,7 +52,7 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
     p.add_argument("--init-from", metavar="RUN",
                    help="start from the newest weights (model and EMA) of another run of the same stage and "
                         "architecture, with a fresh optimiser at step 0 (fine-tuning, e.g. with another --lr)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
 
 
 def _positive_int(text: str) -> int:
@@ -230,13 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Collins, NASA, public domain; scikit-image's astronaut) n times with the default model (or --model) and write a grid: "
                                     "original, masked, the n completions.")
     de.add_argument("-o", "--out", default="pyinpaint-demo.png", help="output PNG (default pyinpaint-demo.png)")
-    de.add_argument("-n", type=int, default=6, help="number of completions (default 6)")
+    de.add_argument("-n", type=_positive_int, default=6, help="number of completions (default 6)")
     de.add_argument("--mask", default="center",
                     help="center (default), box, stroke, random, or a mask file for the 256x256 face")
-    de.add_argument("--model", help="model directory (default: the faces model shipped with pyinpaint)")
-    de.add_argument("--seed", type=int, default=0, help="seed of the samples and of a generated mask (default 0)")
-    de.add_argument("--device", default="auto")
+    _add_model(de)
+    de.add_argument("--seed", type=_seed, default=0, help="seed of the samples and of a generated mask (default 0)")
     _add_strategy(de)
+    _add_overwrite(de, "an existing output PNG")
+    _add_device(de)
+    _add_quiet(de)
     _add_threads(de)
 
     sa = sub.add_parser("sample", help="inpaint images: n diverse completions of each hole",
@@ -630,21 +632,20 @@ def demo_image():
 def _demo(a: argparse.Namespace) -> int:
     from pyinpaint import io
     from pyinpaint.masks import MASK_SPECS, load_mask, make_mask_source
-    from pyinpaint.inpainter import Inpainter, default_model
-    from pyinpaint.inpainter import resolve_device
+    from pyinpaint.inpainter import Inpainter, resolve_device
 
-    if a.n < 1:
-        raise ValueError(f"-n must be at least 1 (got {a.n})")
+    if Path(a.out).exists() and not a.overwrite:
+        raise FileExistsError(f"{a.out} exists: pass --overwrite to replace it, or -o another file")
     image = demo_image()
     if a.mask in MASK_SPECS:
         hole = make_mask_source(a.mask, 256, seed=a.seed).sample(0)[0].numpy() > 0
     else:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
-    inp = Inpainter.load(a.model or default_model(), device=resolve_device(a.device))
+    inp = Inpainter.load(a.model, device=resolve_device(a.device))
     res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy, threads=a.threads)
     seconds = time.perf_counter() - t0
-    io.save_image(a.out, _sample_grid(res))
+    io.save_image(a.out, _sample_grid(res), overwrite=a.overwrite)
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "
           f"{seconds:.1f} s including loading, seed {res.seed})")
     return 0

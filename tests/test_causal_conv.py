@@ -483,6 +483,7 @@ def test_launcher_validation():
         cc.causal_conv2d_backward_triton(g, x, w, kind="down", out=(None, torch.empty(4, 3, 2, 2), None))
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_sm90(tmp_path):
     """The interpreter never runs the GPU code path (string constexprs, half dots, register budget):
     compile every kernel for sm_90 (no GPU needed) in a subprocess without TRITON_INTERPRET."""

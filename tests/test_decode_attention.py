@@ -286,6 +286,7 @@ def test_cuda_graph_replay():
         torch.testing.assert_close(out, da.decode_attention_reference(q, k, x, p), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kernels_compile_for_sm90(tmp_path):
     """The interpreter never runs the GPU code path (scalar loop carries, half loads, register budget):
     compile both kernels for sm_90 (no GPU needed) in a subprocess without TRITON_INTERPRET."""

@@ -115,7 +115,7 @@ def test_kernel_loops_over_d(D, block_d):
     _check(z, cb, idx, emb)
 
 
-@pytest.mark.parametrize("block_n,block_k", [(4, 8), (1, 1), (16, 16), (32, 128)])
+@pytest.mark.parametrize("block_n,block_k", [(4, 8), pytest.param(1, 1, marks=pytest.mark.slow), (16, 16), (32, 128)])
 def test_kernel_block_sizes(block_n, block_k):
     """Small blocks take the broadcast-multiply path instead of tl.dot; results must not change."""
     z = _randn(37, 12, seed=11, offset=0.3)
