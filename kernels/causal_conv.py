@@ -694,14 +694,18 @@ def _whole_rows(st: CausalConvState) -> torch.Tensor:
 def causal_conv2d_update(state: CausalConvState, x_t: torch.Tensor, pos: int,
                          row_extra: torch.Tensor | None = None) -> torch.Tensor:
     """One step of the fast form (see above): "down": input row x_t [B, W, C] at pos = y * W -> output row
-    [B, W, O]; "down_right": input x_t [B, C] at raster position pos -> output there [B, O]. ``row_extra``
-    [B, W, O] ("down_right", read when a row starts, x = 0) is added to every output of that row."""
+    [B, W, O]; "down_right": input x_t [B, C] at raster position pos -> output there [B, O], or a run x_t
+    [B, R, C] at positions pos .. pos+R-1 of one row -> [B, R, O] (the R steps in one product: a prefill).
+    ``row_extra`` [B, W, O] ("down_right", read when a row starts, x = 0) is added to every output of that row."""
     st = state
     if st.kind == "down":
         _shift_rows(st)
         _put(st, st.slots[0], x_t)
         return _whole_rows(st)
     x = pos % st.width
+    run = x_t.dim() == 3
+    if run and x + x_t.shape[1] > st.width:
+        raise ValueError(f"a run stays in one row: positions {pos}..{pos + x_t.shape[1] - 1} cross a row end")
     if x == 0:  # a new row: move the window down, apply the (complete) rows above to the whole row at once
         _shift_rows(st)
         if st.row_windows is None:  # no rows above (kh = 1)
@@ -710,8 +714,16 @@ def causal_conv2d_update(state: CausalConvState, x_t: torch.Tensor, pos: int,
             st.row_base.copy_(_whole_rows(st))
         if row_extra is not None:
             st.row_base += row_extra
-    _put(st, st.slots[x], x_t)
-    return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
+    if not run:
+        _put(st, st.slots[x], x_t)
+        return torch.addmm(st.bases[x], st.windows[x], st.weight_t)
+    b, r = x_t.shape[:2]
+    kw, cin = st.weight.shape[3], st.rows.shape[3]
+    slot = st.rows[:, -1, x + kw - 1:x + kw - 1 + r]
+    _put(st, slot.unflatten(-1, (2, cin // 2)) if st.concat_elu else slot, x_t)
+    row = st.rows[:, -1]  # the R windows overlap: kw*C' numbers each, C' apart
+    windows = row.as_strided((b, r, kw * cin), (row.stride(0), cin, 1), row.storage_offset() + x * cin)
+    return torch.baddbmm(st.row_base[:, x:x + r], windows, st.weight_t.expand(b, -1, -1))
 
 
 def causal_conv2d_update_ref(state: CausalConvState, x_t: torch.Tensor, pos: int,
@@ -719,6 +731,9 @@ def causal_conv2d_update_ref(state: CausalConvState, x_t: torch.Tensor, pos: int
     """:func:`causal_conv2d_update`, plainly: the input history takes x_t (concat_elu applied), and the output is the
     filter applied to its window (F.conv2d over the kh rows for a row, a sum over the kh x kw window for a pixel)."""
     st = state
+    if st.kind == "down_right" and x_t.dim() == 3:  # a run: its steps one by one
+        return torch.stack([causal_conv2d_update_ref(st, x_t[:, i], pos + i, row_extra)
+                            for i in range(x_t.shape[1])], dim=1)
     xin = F.elu(torch.cat([x_t, -x_t], dim=-1)) if st.concat_elu else x_t
     kh, kw = st.weight.shape[2:]
     if st.kind == "down":

@@ -14,6 +14,15 @@ from pathlib import Path
 from pyinpaint.config import STRUCTURE_PRESETS, TEXTURE_PRESETS, VQVAE_PRESETS
 
 
+_CONTEXT_HELP = ("what the known region gives the structure: known (default: the codes the known pixels determine are "
+                 "taken from the VQ encoder, only the rest drawn) or sampled (every code drawn, the paper's rule)")
+
+
+def _context(a: argparse.Namespace) -> dict:
+    """--context as a keyword, only when given (the default is the API's)."""
+    return {} if a.context is None else {"context": a.context}
+
+
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
     p.add_argument("--data", required=True, help="folder of training images (JPEG/PNG/WebP, searched recursively)")
     p.add_argument("--val-data", help="folder of validation images (validation MSE and image grids at intervals)")
@@ -218,9 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "large photos with known detail (default 1)")
     _add_strategy(evi)
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
+    evi.add_argument("--context", help=_CONTEXT_HELP)
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
+    _add_overwrite(evi, "results.csv, summary.csv and best_worst.png in --out")
     _add_device(evi)
     _add_quiet(evi)
     _add_threads(evi)
@@ -265,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="structure sampler: cached (default; incremental, fast), naive (the paper's: the whole "
                          "network per position) or graph (cached, replayed from a CUDA graph; CUDA only); all draw "
                          "the same codes for a seed")
+    sa.add_argument("--context", help=_CONTEXT_HELP)
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
     sa.add_argument("--invert-mask", action="store_true",
                     help="the masks mark the hole with 0 / black instead (white = keep)")
@@ -453,7 +465,7 @@ def _sample_files(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     inp = Inpainter.load(model_path(a.model), device=device)
     seed = inp.check_options(a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k, sampler=a.sampler,
-                             rank=a.rank)
+                             rank=a.rank, **_context(a))
     for p in todo:
         io.read_pair(p.image, p.mask, a.invert_mask)  # raises on a bad input; its warnings print once, here
     if plan.summary() and not a.quiet:
@@ -471,7 +483,7 @@ def _sample_files(a: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
             res = inp.inpaint(p.image, p.mask, a.n, seed=seed, temperature=a.temperature, top_k=a.top_k,
                               sampler=a.sampler, rank=a.rank, invert=a.invert_mask, strategy=a.strategy,
-                              progress=progress, threads=a.threads)
+                              progress=progress, threads=a.threads, **_context(a))
         files = plan.files[p.name]
         for old in plan.remove.get(p.name, []):
             old.unlink(missing_ok=True)
@@ -605,7 +617,8 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
-                       device=resolve_device(a.device), progress=not a.quiet, threads=a.threads)
+                       overwrite=a.overwrite, device=resolve_device(a.device), progress=not a.quiet,
+                       threads=a.threads, **_context(a))
     print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:

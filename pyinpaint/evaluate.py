@@ -282,24 +282,34 @@ def _load_eval_image(path: Path, size: int, upscale: int = 1):
 
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
-                 strategy: str = "auto", upscale: int = 1, out: str | Path | None = None,
-                 device: str | torch.device = "cpu", progress: bool = True, threads: int | None = None) -> dict:
+                 strategy: str = "auto", upscale: int = 1, out: str | Path | None = None, overwrite: bool = False,
+                 device: str | torch.device = "cpu", progress: bool = True, context: str | None = None,
+                 threads: int | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
     with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
-    :mod:`pyinpaint.crop`). Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with
-    ``out`` writes results.csv, summary.csv and best_worst.png. ``threads``: CPU threads of each sampling call (None:
-    chosen per call, see :mod:`pyinpaint.threads`)."""
+    :mod:`pyinpaint.crop`) and ``context`` (as in :meth:`Inpainter.sample`: "known" or "sampled"; None: its default).
+    Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with ``out`` writes
+    results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before any work).
+    ``threads``: CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`)."""
     from pyinpaint.crop import STRATEGIES
     import time
 
     from tqdm.auto import tqdm
 
     from pyinpaint.data import list_images
-    from pyinpaint.inpainter import get_inpainter
+    from pyinpaint.inpainter import CONTEXTS, get_inpainter
 
+    context = CONTEXTS[0] if context is None else context
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
     if n < 1:
         raise ValueError(f"n must be at least 1 (got {n})")
+    if out is not None and not overwrite:
+        existing = [f for f in EVAL_FILES if (Path(out) / f).exists()]
+        if existing:
+            raise FileExistsError(f"{out} already holds {', '.join(existing)}: pass --overwrite (overwrite=True) to "
+                                  "replace them, or choose another output folder")
     for b in baselines:
         if b not in BASELINES:
             raise ValueError(f"unknown baseline {b!r}: expected some of {', '.join(BASELINES)}")
@@ -329,7 +339,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                 "sharpness_truth": sharpness(truth, case.hole)}
         t0 = time.perf_counter()
         fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, strategy=strategy,
-                                                          threads=threads)]
+                                                     context=context, threads=threads)]
         seconds = time.perf_counter() - t0
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
         rows.append({**base, "method": "pyinpaint", **summarize(scores),
@@ -355,7 +365,8 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     summary = summarize_rows(rows)
     if out is not None:
         picks = shown[4:][::-1] + shown[:4] if scored > 8 else shown[::-1]
-        _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks])
+        _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks],
+                    overwrite)
     return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory"),
             "strategy": strategy, "size": size * upscale}
 
@@ -398,7 +409,11 @@ def format_summary(summary: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Case, np.ndarray, dict]]) -> None:
+EVAL_FILES = ("results.csv", "summary.csv", "best_worst.png")  # what eval_inpaint writes into ``out``
+
+
+def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Case, np.ndarray, dict]],
+                overwrite: bool = False) -> None:
     """results.csv, summary.csv, and best_worst.png from ``shown``: rows of (case, ground truth, fills by method)."""
     import csv
     import io as _io
@@ -414,7 +429,7 @@ def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Ca
         writer = csv.DictWriter(buf, fieldnames=list(records[0]) if records else ["case"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(records)
-        io.atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        io.atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()), overwrite=overwrite)
 
     write_csv(out / "results.csv", rows)
     write_csv(out / "summary.csv", [{"block": b, "method": m, **s} for b, ms in summary.items() for m, s in ms.items()])
@@ -426,4 +441,4 @@ def _write_eval(out: Path, rows: list[dict], summary: dict, shown: list[tuple[Ca
         masked = truth.copy()
         masked[case.hole] = 128
         grid.append([to_t(truth), to_t(masked)] + [to_t(f) for f in fills.values()])
-    io.save_image(out / "best_worst.png", io.image_grid(grid))
+    io.save_image(out / "best_worst.png", io.image_grid(grid), overwrite=overwrite)

@@ -51,6 +51,10 @@ TEMPERATURE = (1e-3, 1e3)
 # Structure samplers; all draw the same codes for a seed. The first is the default. "graph" is the cached sampler
 # replayed from a CUDA graph (CUDA devices only; not yet measured on a GPU).
 SAMPLERS = ("cached", "naive", "graph")
+# What the known region contributes to the structure (see Inpainter.sample_structures). The first is the default:
+# "known" draws the same as "sampled" where the hole reaches every code, and measured no worse elsewhere
+# (docs/evaluation.md), at the same speed or faster (docs/benchmarks.md).
+CONTEXTS = ("known", "sampled")
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -144,10 +148,12 @@ class Inpainter:
         return Prepared(img, hole, x, m, windows, used)
 
     def check_options(self, n: int, *, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                      sampler: str = "cached", rank: bool = False) -> int:
+                      sampler: str = "cached", rank: bool = False, context: str = CONTEXTS[0]) -> int:
         """Validate the sampling options before any work; returns the seed to use (drawn when None)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer (got {n!r})")
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
         if sampler == "graph" and self.device.type != "cuda":
@@ -178,23 +184,40 @@ class Inpainter:
         return int(seed)
 
     @torch.inference_mode()
+    def known_codes(self, prepared: Prepared, n: int = 1):
+        """The top codes the known pixels determine, per window: :class:`pyinpaint.sampler.Context` with ``known``
+        [k n, s, s] True where the VQ encoder's receptive field at that position holds no hole pixel (computed exactly
+        from the model-size mask, :meth:`VQEncoder.top_reach`) and ``codes`` [k n, s, s] the encoder's codes of the
+        masked window (there, the codes of the whole window); each window's repeated n times, window-major."""
+        from pyinpaint.sampler import Context
+
+        enc = self.model.vqvae.encoder
+        codes = enc(prepared.masked, update_codebooks=False).idx_t
+        return Context(_per_sample(codes, len(codes) * n), _per_sample(~enc.top_reach(prepared.m), len(codes) * n))
+
+    @torch.inference_mode()
     def sample_structures(self, prepared: Prepared, n: int, *, seed: int, temperature: float = 1.0,
-                          top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None):
+                          top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None,
+                          context: str = CONTEXTS[0]):
         """n structure maps for each of the k windows, all as one batch: the condition network once per window,
-        then the sampler. Returns :class:`pyinpaint.sampler.Sampled` (codes [k n, s, s], embeddings
-        [k n, D, s, s], window-major)."""
+        then the sampler. ``context``: "known" (the default) takes the encoder's codes where the known pixels
+        determine them (:meth:`known_codes`, per window) and draws only the rest, stopping after the last drawn
+        position; "sampled" draws every position (the paper's rule). Returns :class:`pyinpaint.sampler.Sampled`
+        (codes [k n, s, s], embeddings [k n, D, s, s], window-major)."""
         from pyinpaint import sampler as sampling
 
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
         st = self.model.structure
         h = st.condition(prepared.masked, prepared.m)
-        h = h.expand(n, -1, -1, -1) if h.shape[0] == 1 else h.repeat_interleave(n, dim=0)
+        h = _per_sample(h, h.shape[0] * n)
         total = h.shape[-1] * h.shape[-2]
         report = None if progress is None else (lambda p: progress(p + 1, total))
         run = {"cached": sampling.sample_cached, "naive": sampling.sample_naive,
                "graph": functools.partial(sampling.sample_cached, cuda_graph=True)}.get(sampler)
         if run is not None:
             return run(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature, top_k=top_k,
-                       progress=report)
+                       progress=report, context=self.known_codes(prepared, n) if context == "known" else None)
         raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
 
     @torch.inference_mode()
@@ -244,10 +267,11 @@ class Inpainter:
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                 invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-                threads: int | None = None, max_batch: int | None = None) -> Result:
+                context: str = CONTEXTS[0], threads: int | None = None, max_batch: int | None = None) -> Result:
         """:meth:`sample` with everything kept: the seed used, the windows, sampled codes, model-size completions,
         scores."""
-        seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank)
+        seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
+                                  context=context)
         threads = check_threads(threads)
         max_batch = bounds.check_max_batch(max_batch)
         n = int(n)
@@ -271,7 +295,7 @@ class Inpainter:
                 with self._graph_lock if sampler == "graph" else contextlib.nullcontext():
                     sampled = self.sample_structures(prepared, size, seed=bounds.batch_seed(seed, b),
                                                      temperature=float(temperature), top_k=top_k, sampler=sampler,
-                                                     progress=th.wrap(report))
+                                                     progress=th.wrap(report), context=context)
                 th.phase(math.inf)
                 completed = self.complete(prepared, sampled.embeddings)
                 scores = self.score(prepared, completed).cpu() if rank else None
@@ -299,7 +323,8 @@ class Inpainter:
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-               threads: int | None = None, max_batch: int | None = None) -> list[Image.Image]:
+               context: str = CONTEXTS[0], threads: int | None = None,
+               max_batch: int | None = None) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
         image: path, PIL image, H x W x 3 uint8 array or 3 x H x W float tensor in [0, 1] (greyscale, RGBA and
@@ -312,16 +337,19 @@ class Inpainter:
         "resize" (the whole image, mirrored to a square and brought to the model's size), "crop" (a square context
         window around each hole region, about twice the hole's size and at least the model's, so a small hole in a
         large photo is filled at close to the photo's own resolution) or "auto" (default: crop when the image is
-        larger than the model and the windows are smaller than the image, else resize). ``threads``: CPU threads
-        (None: chosen per call from the work and the machine's load, see :mod:`pyinpaint.threads`; the caller's
-        ``torch.set_num_threads`` is restored afterwards). ``max_batch``: most samples drawn as one batch (None: as
-        many as fit a fixed memory budget for this model and image size, see :mod:`pyinpaint.bounds`); a larger n is
-        drawn in batches, with a warning, and ``progress`` counts the positions of all batches. A call whose memory
-        would exceed what the machine has available is refused (ValueError naming the largest n that fits).
+        larger than the model and the windows are smaller than the image, else resize). ``context`` is what the
+        known region gives the structure: "known" (default: the codes the known pixels determine are taken, the rest
+        drawn; see :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule). ``threads``: CPU
+        threads (None: chosen per call from the work and the machine's load, see :mod:`pyinpaint.threads`; the
+        caller's ``torch.set_num_threads`` is restored afterwards). ``max_batch``: most samples drawn as one batch
+        (None: as many as fit a fixed memory budget for this model and image size, see :mod:`pyinpaint.bounds`); a
+        larger n is drawn in batches, with a warning, and ``progress`` counts the positions of all batches. A call
+        whose memory would exceed what the machine has available is refused (ValueError naming the largest n that
+        fits).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, invert=invert, strategy=strategy, progress=progress, threads=threads,
-                            max_batch=max_batch).images
+                            rank=rank, invert=invert, strategy=strategy, progress=progress, context=context,
+                            threads=threads, max_batch=max_batch).images
 
 
 def _per_sample(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -416,12 +444,13 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
            invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-           threads: int | None = None, max_batch: int | None = None) -> list[Image.Image]:
+           context: str = CONTEXTS[0], threads: int | None = None,
+           max_batch: int | None = None) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; see
     :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
     :class:`Inpainter`; default: the faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and
     cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
                                                sampler=sampler, rank=rank, invert=invert,
-                                               strategy=strategy, progress=progress, threads=threads,
-                                               max_batch=max_batch)
+                                               strategy=strategy, progress=progress, context=context,
+                                               threads=threads, max_batch=max_batch)

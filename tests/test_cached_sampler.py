@@ -91,6 +91,9 @@ class _ConvOp:
     def step(self, state, x_t, pos):
         return self.update(state, x_t, pos)
 
+    def prefill(self, state, x_run, pos):  # the update takes a run of one row too
+        return self.update(state, x_run, pos)
+
 
 CONVS = [  # (kind, kernel, concat_elu): the PixelCNN's causal convolutions, and the other flag for each
     ("down", (2, 3), True), ("down", (2, 3), False), ("down", (1, 3), False),
@@ -358,3 +361,87 @@ def test_graph_sampler_replays_the_eager_codes(tiny):
     other_h = h.flip(0)  # new inputs into the same graph
     assert torch.equal(sample_cached(pixelcnn, other_h, codebook, seed=5, top_k=5, cuda_graph=True).codes,
                        sample_cached(pixelcnn, other_h, codebook, seed=5, top_k=5).codes)
+
+
+# ------------------------------------------------------------------------------------------ prefill
+# Every layer that steps a position at a time, and the network, also take R consecutive positions in one call
+# (prefill(state, x_run, pos, ...): the inputs at pos .. pos+R-1; a layer returns the R outputs, the network
+# nothing). The replay: runs prefilled between single steps reproduce the full forward pass.
+def run_schedule(length: int, width: int, seed: int, in_rows: bool) -> list[tuple[int, int]]:
+    """(start, R) pieces covering 0 .. length-1: single steps (R = 0) and runs of 1 to 2.5 rows (``in_rows``: cut at
+    each row's end), some starting at a row's first position; the last position is a step."""
+    g = torch.Generator().manual_seed(seed)
+    out, p = [], 0
+    while p < length:
+        if torch.rand(1, generator=g).item() < 0.5 or p == length - 1:
+            out.append((p, 0))
+            p += 1
+            continue
+        r = min(length - p - 1, int(torch.randint(1, max(2, 5 * width // 2), (1,), generator=g)))
+        if in_rows:
+            r = min(r, width - p % width)
+        out.append((p, r))
+        p += r
+    return out
+
+
+PREFILL = (
+    [pytest.param(lambda dt, a=a: conv_case(*a, dt), id=f"conv-{a[1][0]}x{a[1][1]}-{'ce' if a[2] else 'plain'}-{a[4]}")
+     for a in [(k, f, ce, (4, 5), form) for k, f, ce in CONVS if k == "down_right"
+               for form in ("layer", "update", "update_ref")]]
+    + [pytest.param(lambda dt, n=n: attention_case(n, dt), id=f"attention-heads{n}") for n in (1, 3)]
+    + [pytest.param(lambda dt, b=b: block_case(*b[:5], dt), id=f"block-{b[5]}") for b in BLOCKS
+       if b[0] == "down_right"]
+    + [pytest.param(lambda dt, n=n: network_case(n[0](), n[1], False, dt), id=f"pixelcnn-{n[2]}") for n in NETWORKS]
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("make", PREFILL)
+def test_prefill_replay(make, dtype, rows_by_conv):
+    """Runs prefilled between single steps: every output (the network's: every stepped position's logits) equals
+    the full forward pass's, so a prefilled state is the stepped one."""
+    torch.manual_seed(0)
+    got, want = [], []
+    with torch.inference_mode():
+        case = make(dtype)
+        b, _, hgt, wid = case.x.shape
+        network = isinstance(case.layer, PixelCNN)
+        full = case.full.flatten(2)
+        x_at = case.x_at or (lambda p: at(case.x, p))
+        for seed in range(3 if network else 2):
+            st = case.layer.init_state(b, hgt, wid, **case.init)
+            for p, r in run_schedule(hgt * wid, wid, seed, in_rows=not network):
+                if r == 0:
+                    got.append(case.layer.step(st, x_at(p), p, **case.extra(p)))
+                    want.append(full[:, :, p])
+                    continue
+                # the network's input at 0 (no code before it) is None in step, and not read by prefill
+                x_run = torch.stack([torch.zeros_like(x_at(1)) if network and q == 0 else x_at(q)
+                                     for q in range(p, p + r)], dim=1)
+                out = case.layer.prefill(st, x_run, p, **case.extra(p))
+                if network:
+                    assert out is None
+                else:
+                    got += list(out.unbind(1))
+                    want += list(full[:, :, p:p + r].unbind(2))
+    assert len(got) >= (6 if network else hgt * wid)
+    err = max((a - b).abs().max().item() for a, b in zip(got, want))
+    scale = max(1.0, full.abs().max().item())  # as the replay: relative to the whole map's outputs
+    assert err <= TOL[dtype] * scale, f"prefill replay: max |prefill/step - full| = {err:.3g} (outputs up to {scale:.3g})"
+
+
+def test_prefill_errors():
+    conv = WNConv2d(4, 4, (2, 2), padding="down_right").eval()
+    st = conv.init_state(1, 3, 4)
+    with torch.inference_mode(), pytest.raises(ValueError, match="one row"):
+        conv.prefill(st, torch.zeros(1, 3, 4), 2)
+    with torch.inference_mode(), pytest.raises(ValueError, match="'down_right'"):
+        WNConv2d(4, 4, (2, 3), padding="down").prefill(st, torch.zeros(1, 3, 4), 0)
+    blk = GatedResBlock(4, 4, padding="down", kernel=(2, 3)).eval()
+    with torch.inference_mode(), pytest.raises(ValueError, match="'down_right'"):
+        blk.prefill(blk.init_state(1, 3, 4), torch.zeros(1, 3, 4), 0)
+    net = PixelCNN(odd_config()).eval()
+    st = net.init_state(1, 5, 5, h=torch.zeros(1, odd_config().h_channels, 5, 5))
+    with torch.inference_mode(), pytest.raises(ValueError, match="outside"):
+        net.prefill(st, torch.zeros(1, 6, odd_config().embedding_dim), 20)

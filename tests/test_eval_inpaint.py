@@ -248,3 +248,16 @@ def test_eval_inpaint_upscale_and_strategy(tiny_model_dir, eval_images):
         eval_inpaint(tiny_model_dir, eval_images, ["box"], strategy="zoom", progress=False)
     with pytest.raises(ValueError, match="upscale"):
         eval_inpaint(tiny_model_dir, eval_images, ["box"], upscale=0, progress=False)
+
+
+def test_eval_refuses_to_replace_results_without_overwrite(tiny_model_dir, eval_images, tmp_path):
+    """Existing result files in --out are never replaced silently: refused before any work, named in the error."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "summary.csv").write_text("mine\n")
+    with pytest.raises(FileExistsError, match="summary.csv"):
+        eval_inpaint(tiny_model_dir, eval_images, ["center"], n=2, size=48, limit=1, out=out, progress=False)
+    assert (out / "summary.csv").read_text() == "mine\n"
+    eval_inpaint(tiny_model_dir, eval_images, ["center"], n=2, size=48, limit=1, out=out, overwrite=True,
+                 baselines=(), progress=False)
+    assert (out / "summary.csv").read_text() != "mine\n"

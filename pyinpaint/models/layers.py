@@ -108,6 +108,8 @@ def right_shift(x: torch.Tensor) -> torch.Tensor:
 #   forward(x)                              the whole map (training, the naive sampler)
 #   init_state(batch, height, width, ...)   static state for a height x width map, every buffer allocated here
 #   step(state, x_t, pos, ...)              the output at raster position pos = y * width + x
+#   prefill(state, x_run, pos, ...)         position-at-a-time layers only: x_run [B, R, C] at pos .. pos+R-1 (one
+#                                           row; the PixelCNN's may span rows), as R steps in one batched call
 #
 # ``pos`` is always a raster index. Layers whose output row depends on whole input rows only ("down" convolutions
 # and blocks: the u stream) step a row at a time, at the row's first position (pos = y * width, x_t and the output [B, W, C]); the
@@ -188,6 +190,14 @@ class WNConv2d(nn.Module):
         raster position ``pos`` [B, C] -> output there [B, O]; ``row_extra`` [B, W, O] (read when a row starts,
         x = 0) is added to every output of that row."""
         return causal_conv2d_update(state, x_t, pos, row_extra)
+
+    def prefill(self, state: CausalConvState, x_run: torch.Tensor, pos: int,
+                row_extra: torch.Tensor | None = None) -> torch.Tensor:
+        """"down_right" only: R steps at once. x_run [B, R, C] are the inputs at raster positions pos .. pos+R-1,
+        all in one row -> the outputs there [B, R, O], as R calls of :meth:`step` (``row_extra`` as there)."""
+        if self.padding != "down_right":
+            raise ValueError("prefill is for 'down_right' convolutions (a 'down' step is already a whole row)")
+        return causal_conv2d_update(state, x_run, pos, row_extra)
 
 
 class WNDense(nn.Module):
@@ -293,6 +303,26 @@ class CausalSelfAttention(nn.Module):
                                  pos if st.pos_t is None else st.pos_t.fill_(pos), backend=st.backend)  # [B, heads, C]
         return torch.addmm(st.mix_bias, mixed.view(b, -1), st.mix)
 
+    def prefill(self, state: AttentionState, x_run: torch.Tensor, pos: int) -> torch.Tensor:
+        """R attention steps at once: x_run [B, R, C] at positions pos .. pos+R-1 -> [B, R, C]. The R keys and inputs
+        go into the caches, then each query attends to the positions before its own (a causal mask inside the run)."""
+        b, r, c = x_run.shape
+        end = pos + r
+        qk = torch.addmm(state.qk_bias, x_run.reshape(b * r, c), state.qk_t).view(b, r, self.heads, 2 * self.dk)
+        state.keys_t[:, :, :, pos:end] = qk[..., self.dk:].permute(0, 2, 3, 1)
+        state.inputs[:, pos:end] = x_run
+        scores = torch.matmul(qk[..., :self.dk].transpose(1, 2), state.keys_t[:, :, :, :end])  # [B, heads, R, end]
+        later = torch.arange(end, device=x_run.device) >= torch.arange(pos, end, device=x_run.device)[:, None]
+        scores.masked_fill_(later, float("-inf"))  # position p attends to 0 .. p-1
+        if pos == 0:
+            scores[:, :, 0, 0] = 0.0  # position 0 attends to nothing: any finite row (its output is replaced below)
+        probs = torch.softmax(scores, dim=-1).view(b, self.heads * r, end)  # heads and queries as one M: no broadcast
+        mixed = torch.bmm(probs, state.inputs[:, :end]).view(b, self.heads, r, c)  # [B, heads, R, C]
+        out = torch.addmm(state.mix_bias, mixed.transpose(1, 2).reshape(b * r, -1), state.mix).view(b, r, c)
+        if pos == 0:
+            out[:, 0] = state.out_bias
+        return out
+
 
 @dataclass
 class GatedBlockState:
@@ -392,6 +422,25 @@ class GatedResBlock(nn.Module):
         if st.attention is not None:
             c3 = c3 + self.attention.step(st.attention, c3, pos)
         return x_t + c3
+
+    def prefill(self, state: GatedBlockState, x_run: torch.Tensor, pos: int, a: torch.Tensor | None = None,
+                h_proj: torch.Tensor | None = None) -> torch.Tensor:
+        """"down_right" only: R steps at once, x_run [B, R, C] at positions pos .. pos+R-1 of one row -> [B, R, C]
+        (per-row inputs as in :meth:`step`)."""
+        st = state
+        if self.conv1.padding != "down_right":
+            raise ValueError("prefill is for 'down_right' blocks (a 'down' step is already a whole row)")
+        if self.cond is not None and h_proj is None:
+            raise ValueError("this block takes a condition: pass h_proj, its projection at this row")
+        aux_row = None
+        if st.aux is not None and pos % st.width == 0:
+            aux_row = F.linear(concat_elu_last(a), *st.aux)
+        c1 = self.conv1.prefill(st.conv1, x_run, pos, row_extra=aux_row)
+        c2 = self.conv2.prefill(st.conv2, c1, pos, row_extra=h_proj if self.cond is not None else None)
+        c3 = F.glu(c2, dim=-1)
+        if st.attention is not None:
+            c3 = c3 + self.attention.prefill(st.attention, c3, pos)
+        return x_run + c3
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -170,6 +170,39 @@ class PixelCNN(nn.Module):
             ul = ul + F.linear(F.elu(ul), w, b)
         return F.linear(F.elu(ul), *st.logits)
 
+    def prefill(self, state: PixelCNNState, x_run: torch.Tensor, pos: int) -> None:
+        """R steps at once where no logits are needed (codes known in advance): x_run [B, R, D] holds the step
+        inputs at positions pos .. pos+R-1, the embeddings at pos-1 .. pos+R-2 (x_run[:, 0] is not read at pos 0).
+        The state afterwards is that of ``step(state, x_run[:, i], pos + i)`` for i < R; nothing is returned. Like a
+        language model's prompt: for each row the run covers, the rows above go in through the row products
+        (``_start_row``) and the run's pixels of that row through the ul stream together (one ``prefill`` per
+        layer: [B*R, ...] products and the attention over the run at once); the output layers are skipped."""
+        st, width, r = state, state.width, x_run.shape[1]
+        if r < 1 or pos < 0 or pos + r > st.height * width:
+            raise ValueError(f"prefill positions {pos}..{pos + r - 1} are outside the {st.height}x{width} map")
+        q = pos
+        while q < pos + r:
+            y, x0 = divmod(q, width)
+            n = min(width - x0, pos + r - q)  # this row's part of the run: columns x0 .. x0+n-1
+            run = x_run[:, q - pos:q - pos + n]  # the embeddings at q-1 .. q+n-2
+            if x0 == 0:  # q - 1 ends the row above: it goes in alone (as in step), then the row products
+                if q > 0:
+                    st.x[:, y - 1, width - 1, :-1] = run[:, 0]
+                    self.ul_in_left.step(st.ul_in_left, st.x[:, y - 1, width - 1], q - 1)
+                self._start_row(st, y)
+                run, first = run[:, 1:], 0
+            else:
+                first = x0 - 1
+            ul = st.ul_up[:, x0:x0 + n]
+            if run.shape[1]:
+                st.x[:, y, first:first + run.shape[1], :-1] = run
+                left = self.ul_in_left.prefill(st.ul_in_left, st.x[:, y, first:first + run.shape[1]],
+                                               y * width + first)
+                ul = ul + (F.pad(left, (0, 0, 1, 0)) if x0 == 0 else left)  # right_shift: column 0 has none
+            for i in range(1, len(self.blocks), 2):
+                ul = self.blocks[i].prefill(st.blocks[i], ul, q, a=st.u_rows[i - 1], h_proj=st.h_rows[i])
+            q += n
+
     def _start_row(self, st: PixelCNNState, y: int) -> None:
         """Row y of the condition projections, of the u stream and of down_shift(ul_in_up), from the rows above."""
         b, w = st.x.shape[0], st.width

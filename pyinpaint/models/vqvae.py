@@ -14,7 +14,7 @@ from torch import nn
 
 from pyinpaint.config import VQVAEConfig
 from pyinpaint.kernels.vq import nearest_code
-from pyinpaint.models.layers import Conv2d, ConvTranspose2d, ResBlock
+from pyinpaint.models.layers import Conv2d, ConvTranspose2d, ResBlock, same_padding
 
 
 class Quantized(NamedTuple):
@@ -108,6 +108,16 @@ def _res_stack(channels: int, res_channels: int, n: int) -> nn.Sequential:
     return nn.Sequential(*[ResBlock(channels, res_channels) for _ in range(n)])
 
 
+def _reach(conv: Conv2d, touched: torch.Tensor) -> torch.Tensor:
+    """The outputs of ``conv`` whose window (kernel, stride, dilation, TF-SAME padding) holds a touched input:
+    touched [N, 1, H, W] float in {0, 1} -> [N, 1, H', W'] in {0, 1}. The padding is zeros, never touched."""
+    (kh, kw), (s, _), (d, _) = conv.kernel_size, conv.stride, conv.dilation
+    top, bottom = same_padding(touched.shape[-2], kh, s, d)
+    left, right = same_padding(touched.shape[-1], kw, s, d)
+    ones = touched.new_ones(1, 1, kh, kw)
+    return (F.conv2d(F.pad(touched, (left, right, top, bottom)), ones, stride=s, dilation=d) > 0).to(touched.dtype)
+
+
 class VQEncoder(nn.Module):
     """Official ``vq_encoder``: bottom encoder, top encoder + VQ, top decoder, bottom VQ."""
 
@@ -146,6 +156,27 @@ class VQEncoder(nn.Module):
         qb = self.vq_b(enc_b, update_codebooks)
         return Encoding(enc_t, enc_b, qt.quantized, qb.quantized, qt.indices, qb.indices,
                         qt.loss + qb.loss, qt.counts, qb.counts)
+
+    def top_reach(self, hole: torch.Tensor) -> torch.Tensor:
+        """Which top codes the hole can change: hole [N, 1, H, W] (nonzero = hole) -> bool [N, H/8, W/8], True
+        where the receptive field of the top code (``enc_t`` before quantisation) holds a hole pixel. Elsewhere the
+        code of the masked image is the code of the whole image, whatever the hole holds.
+
+        Exact, not a bound guessed from the field's size: the hole is propagated through the layers of the top
+        path as ``forward`` runs them (each conv's kernel, stride, dilation and TF-SAME padding; a residual
+        block's output is touched where its input or its branch is; ELU is per pixel)."""
+        if hole.dim() != 4 or hole.shape[1] != 1:
+            raise ValueError(f"hole must be [N, 1, H, W], got {tuple(hole.shape)}")
+        r = (hole != 0).float()
+        for conv in (self.b_conv1, self.b_conv2, self.b_conv3):
+            r = _reach(conv, r)
+        for blk in self.b_res:
+            r = torch.maximum(r, _reach(blk.conv2, _reach(blk.conv1, r)))
+        for conv in (self.t_conv1, self.t_conv2):
+            r = _reach(conv, r)
+        for blk in self.t_res:
+            r = torch.maximum(r, _reach(blk.conv2, _reach(blk.conv1, r)))
+        return _reach(self.t_proj, r)[:, 0] > 0
 
 
 class VQDecoder(nn.Module):
