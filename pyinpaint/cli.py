@@ -113,6 +113,12 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                         "than the image")
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, metavar="K",
+                   help="CPU threads (default: chosen per call from the work and the machine's load; "
+                        "see pyinpaint.threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pyinpaint import __version__
 
@@ -179,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     evv.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     evv.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_quiet(evv)
+    _add_threads(evv)
 
     evs = esub.add_parser("structure", help="NLL (bits/dim) of a structure-generator run",
                           description="Negative log-likelihood of the true top codes in bits per dimension with the "
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     evs.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
     evs.add_argument("--json", action="store_true", help="print the metrics as JSON")
     _add_quiet(evs)
+    _add_threads(evs)
 
     evi = esub.add_parser("inpaint", help="inpainting quality of a model against classical baselines",
                           description="Fill each (image, mask) case n times and score the fills inside the hole "
@@ -226,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(evi, "results.csv, summary.csv and best_worst.png in --out")
     _add_device(evi)
     _add_quiet(evi)
+    _add_threads(evi)
 
     de = sub.add_parser("demo", help="inpaint a face that ships with pyinpaint: no files needed",
                         description="Fill a generated hole in the astronaut portrait that ships with pyinpaint (Eileen "
@@ -241,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(de, "an existing output PNG")
     _add_device(de)
     _add_quiet(de)
+    _add_threads(de)
 
     sa = sub.add_parser("sample", help="inpaint images: n diverse completions of each hole",
                         description="Fill the hole of each image n times with a trained model and write the results "
@@ -252,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="IMAGE MASK [IMAGE MASK ...], or IMAGE_FOLDER MASK_FOLDER (paired by file name without "
                          "extension, e.g. a.jpg with a.png). Images of any size; masks of the image's size, nonzero / "
                          "white = the hole to fill")
-    sa.add_argument("-n", type=_positive_int, default=10, help="completions per image (default 10), drawn as one "
-                                                                "batch")
+    sa.add_argument("-n", type=_positive_int, default=10, help="completions per image (default 10), drawn in "
+                                                                "batches that fit memory")
     sa.add_argument("-o", "--out", required=True, help="output folder (created if needed)")
     _add_model(sa)
     sa.add_argument("--seed", type=_seed, help="seed, in [0, 2**64): the same seed gives the same images (default: a "
@@ -279,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategy(sa)
     _add_device(sa)
     _add_quiet(sa)
+    _add_threads(sa)
 
     mo = sub.add_parser("models", help="list the models shipped with pyinpaint",
                         description="The models shipped inside the package, usable by name (--model NAME, "
@@ -399,7 +410,7 @@ def _eval_structure(a: argparse.Namespace) -> int:
     from pyinpaint.inpainter import resolve_device
 
     m = eval_structure(a.run, a.data, masks=a.masks, seed=a.seed, batch_size=a.batch_size, limit=a.limit,
-                       device=resolve_device(a.device), workers=a.workers, progress=not a.quiet)
+                       device=resolve_device(a.device), workers=a.workers, progress=not a.quiet, threads=a.threads)
     if a.json:
         print(json.dumps(m))
     else:
@@ -472,7 +483,7 @@ def _sample_files(a: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
             res = inp.inpaint(p.image, p.mask, a.n, seed=seed, temperature=a.temperature, top_k=a.top_k,
                               sampler=a.sampler, rank=a.rank, invert=a.invert_mask, strategy=a.strategy,
-                              progress=progress, **_context(a))
+                              progress=progress, threads=a.threads, **_context(a))
         files = plan.files[p.name]
         for old in plan.remove.get(p.name, []):
             old.unlink(missing_ok=True)
@@ -587,7 +598,7 @@ def _eval_vqvae(a: argparse.Namespace) -> int:
     from pyinpaint.inpainter import resolve_device
 
     m = eval_vqvae(a.run, a.data, batch_size=a.batch_size, limit=a.limit, recipe=a.recipe,
-                   device=resolve_device(a.device), workers=a.workers, progress=not a.quiet)
+                   device=resolve_device(a.device), workers=a.workers, progress=not a.quiet, threads=a.threads)
     if a.json:
         print(json.dumps(m))
     else:
@@ -606,7 +617,8 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     baselines = tuple(b.strip() for b in a.baselines.split(",") if b.strip())
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
-                       overwrite=a.overwrite, device=resolve_device(a.device), progress=not a.quiet, **_context(a))
+                       overwrite=a.overwrite, device=resolve_device(a.device), progress=not a.quiet,
+                       threads=a.threads, **_context(a))
     print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:
@@ -644,7 +656,7 @@ def _demo(a: argparse.Namespace) -> int:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
     inp = Inpainter.load(a.model, device=resolve_device(a.device))
-    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy)
+    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy, threads=a.threads)
     seconds = time.perf_counter() - t0
     io.save_image(a.out, _sample_grid(res), overwrite=a.overwrite)
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "

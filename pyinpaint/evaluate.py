@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from pyinpaint.data import ImageFolder
 from pyinpaint.runs import load_vqvae
+from pyinpaint.threads import check_threads, use_threads
 from pyinpaint.train.vqvae import evaluate_reconstruction
 
 
@@ -30,22 +31,24 @@ def _image_batches(data, size: int, recipe: str, limit: int | None, batch_size: 
 
 def eval_vqvae(run: str | Path, data: str | Path, *, batch_size: int = 16, limit: int | None = None,
                recipe: str = "resize", device: str | torch.device = "cpu", workers: int = 0,
-               progress: bool = True) -> dict[str, float]:
+               progress: bool = True, threads: int | None = None) -> dict[str, float]:
     """Reconstruction MSE ([-1, 1] scale, the paper's Table 3 measure) and codebook usage of a VQ-VAE run
-    on the images of ``data`` (official evaluation preprocessing: resize to the model size)."""
+    on the images of ``data`` (official evaluation preprocessing: resize to the model size). ``threads``: CPU
+    threads (None: chosen from the machine's load, see :mod:`pyinpaint.threads`)."""
     model = load_vqvae(run, device)
     n, batches = _image_batches(data, model.cfg.image_size, recipe, limit, batch_size, workers, device,
                                 "eval vqvae", progress)
-    with torch.no_grad():
-        metrics = evaluate_reconstruction(model, batches)
+    with torch.no_grad(), use_threads(threads, device=device) as th:
+        metrics = evaluate_reconstruction(model, th.ticking(batches))
     return {"images": n, **metrics}
 
 
 def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol", seed: int = 0,
                    batch_size: int = 16, limit: int | None = None, device: str | torch.device = "cpu",
-                   workers: int = 0, progress: bool = True) -> dict[str, float]:
+                   workers: int = 0, progress: bool = True, threads: int | None = None) -> dict[str, float]:
     """NLL of the true top codes in bits/dim (the paper's Table 3 measure) of a structure run, EMA weights,
-    images resized to the model size, masks drawn from ``masks`` by image number."""
+    images resized to the model size, masks drawn from ``masks`` by image number. ``threads``: CPU threads (None:
+    chosen from the machine's load, see :mod:`pyinpaint.threads`)."""
     from pyinpaint.masks import make_mask_source
     from pyinpaint.runs import load_structure
     from pyinpaint.train.structure import evaluate_nll
@@ -53,8 +56,8 @@ def eval_structure(run: str | Path, data: str | Path, *, masks: str = "protocol"
     model, vqvae = load_structure(run, device)
     size = model.cfg.image_size
     n, batches = _image_batches(data, size, "resize", limit, batch_size, workers, device, "eval structure", progress)
-    with torch.no_grad():
-        metrics = evaluate_nll(model, vqvae, batches, make_mask_source(masks, size, seed=seed))
+    with torch.no_grad(), use_threads(threads, device=device) as th:
+        metrics = evaluate_nll(model, vqvae, th.ticking(batches), make_mask_source(masks, size, seed=seed))
     return {"images": n, **metrics}
 
 
@@ -280,13 +283,15 @@ def _load_eval_image(path: Path, size: int, upscale: int = 1):
 def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str], *, n: int = 10, size: int = 256,
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  strategy: str = "auto", upscale: int = 1, out: str | Path | None = None, overwrite: bool = False,
-                 device: str | torch.device = "cpu", progress: bool = True, context: str | None = None) -> dict:
+                 device: str | torch.device = "cpu", progress: bool = True, context: str | None = None,
+                 threads: int | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
     with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
     :mod:`pyinpaint.crop`) and ``context`` (as in :meth:`Inpainter.sample`: "known" or "sampled"; None: its default).
     Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with ``out`` writes
-    results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before any work)."""
+    results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before any work).
+    ``threads``: CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`)."""
     from pyinpaint.crop import STRATEGIES
     import time
 
@@ -310,6 +315,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
             raise ValueError(f"unknown baseline {b!r}: expected some of {', '.join(BASELINES)}")
     if limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
+    check_threads(threads)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
     if isinstance(upscale, bool) or not isinstance(upscale, int) or upscale < 1:
@@ -333,7 +339,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                 "sharpness_truth": sharpness(truth, case.hole)}
         t0 = time.perf_counter()
         fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, strategy=strategy,
-                                                     context=context)]
+                                                     context=context, threads=threads)]
         seconds = time.perf_counter() - t0
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
         rows.append({**base, "method": "pyinpaint", **summarize(scores),

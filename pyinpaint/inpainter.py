@@ -14,7 +14,9 @@ is the input's, bit for bit -> n images at the input's size. Each step appears o
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import operator
 import os
 import secrets
@@ -35,8 +37,10 @@ from pyinpaint.io import resolve_device  # noqa: F401  (the package's one device
 from pyinpaint.io import warn as _warn
 from pyinpaint import crop
 from pyinpaint.crop import STRATEGIES, Window
+from pyinpaint import bounds
 from pyinpaint.modelfile import Model, load_model
 from pyinpaint.models.texture import complete
+from pyinpaint.threads import check_threads, sampling_work, use_threads
 
 Progress = Callable[[int, int], Any]
 
@@ -91,9 +95,14 @@ class Result:
 
 
 class Inpainter:
-    """A loaded model, ready to fill holes. ``Inpainter.load(path)``, then ``.sample(image, mask, n)``."""
+    """A loaded model, ready to fill holes. ``Inpainter.load(path)``, then ``.sample(image, mask, n)``.
+
+    One Inpainter may be shared by threads: calls run concurrently and give what they give alone (the networks
+    are frozen in eval mode; the sampler's state belongs to its call), except ``sampler="graph"``, whose captured
+    CUDA graphs are shared: those calls take turns (a lock)."""
 
     def __init__(self, model: Model, device: str | torch.device | None = None):
+        self._graph_lock = threading.Lock()
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         for m in (model.vqvae, model.structure, model.generator, model.discriminator):
@@ -258,39 +267,64 @@ class Inpainter:
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                 invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-                context: str = CONTEXTS[0]) -> Result:
+                context: str = CONTEXTS[0], threads: int | None = None, max_batch: int | None = None) -> Result:
         """:meth:`sample` with everything kept: the seed used, the windows, sampled codes, model-size completions,
         scores."""
         seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
                                   context=context)
-        prepared = self.prepare(image, mask, strategy, invert)
+        threads = check_threads(threads)
+        max_batch = bounds.check_max_batch(max_batch)
         n = int(n)
-        if not prepared.hole.any():
-            _warn("the mask is empty (no pixel to fill): returning copies of the input")
-            return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
-                          prepared=prepared)
-        sampled = self.sample_structures(prepared, n, seed=seed, temperature=float(temperature), top_k=top_k,
-                                         sampler=sampler, progress=progress, context=context)
-        completed = self.complete(prepared, sampled.embeddings)
-        codes, scores, order = sampled.codes, None, torch.arange(n)
-        if rank:
-            scores = self.score(prepared, completed)
-            order = torch.sort(scores, descending=True, stable=True).indices
-            scores = scores[order]
-            rows = (torch.arange(len(prepared.windows), device=order.device)[:, None] * n + order[None]).flatten()
-            codes, completed = codes[rows.to(codes.device)], completed[rows.to(completed.device)]
-        images = self.to_input_size(prepared, completed)
+        with use_threads(threads, device=self.device) as th:
+            prepared = self.prepare(image, mask, strategy, invert)
+            if not prepared.hole.any():
+                _warn("the mask is empty (no pixel to fill): returning copies of the input")
+                return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
+                              prepared=prepared)
+            k = len(prepared.windows)
+            plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=k, device=self.device)
+            if len(plan.batches) > 1:
+                _warn(plan.describe())
+            parts = []
+            for b, (_, size) in enumerate(plan.batches):
+                report = None
+                if progress is not None:  # positions of all batches, in one count
+                    report = functools.partial(lambda off, done, total: progress(off * total + done,
+                                                                                 total * len(plan.batches)), b)
+                th.phase(sampling_work(self.model.structure.pixelcnn, k * size))
+                with self._graph_lock if sampler == "graph" else contextlib.nullcontext():
+                    sampled = self.sample_structures(prepared, size, seed=bounds.batch_seed(seed, b),
+                                                     temperature=float(temperature), top_k=top_k, sampler=sampler,
+                                                     progress=th.wrap(report), context=context)
+                th.phase(math.inf)
+                completed = self.complete(prepared, sampled.embeddings)
+                scores = self.score(prepared, completed).cpu() if rank else None
+                # rows are window-major within a batch: [k * size] -> [k, size] to join the batches per window
+                parts.append((sampled.codes.cpu().unflatten(0, (k, size)), completed.cpu().unflatten(0, (k, size)),
+                              scores))
+                del sampled, completed
+            codes = torch.cat([c for c, _, _ in parts], dim=1).flatten(0, 1)
+            completed = torch.cat([c for _, c, _ in parts], dim=1).flatten(0, 1)
+            scores, order = None, torch.arange(n)
+            if rank:
+                scores = torch.cat([s for _, _, s in parts])
+                order = torch.sort(scores, descending=True, stable=True).indices
+                scores = scores[order]
+                rows = (torch.arange(k)[:, None] * n + order[None]).flatten()
+                codes, completed = codes[rows], completed[rows]
+            del parts
+            images = self.to_input_size(prepared, completed.to(self.device))  # kept on the host between batches
         for i, (im, j) in enumerate(zip(images, order.tolist())):
             im.info.update({"seed": seed, "sample": j})
             if scores is not None:
                 im.info["score"] = float(scores[i])
-        return Result(images, seed, order.tolist(), codes.cpu(), completed.cpu(),
-                      None if scores is None else scores.cpu(), prepared)
+        return Result(images, seed, order.tolist(), codes, completed, scores, prepared)
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-               context: str = CONTEXTS[0]) -> list[Image.Image]:
+               context: str = CONTEXTS[0], threads: int | None = None,
+               max_batch: int | None = None) -> list[Image.Image]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
 
         image: path, PIL image, H x W x 3 uint8 array or 3 x H x W float tensor in [0, 1] (greyscale, RGBA and
@@ -305,10 +339,17 @@ class Inpainter:
         large photo is filled at close to the photo's own resolution) or "auto" (default: crop when the image is
         larger than the model and the windows are smaller than the image, else resize). ``context`` is what the
         known region gives the structure: "known" (default: the codes the known pixels determine are taken, the rest
-        drawn; see :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule).
+        drawn; see :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule). ``threads``: CPU
+        threads (None: chosen per call from the work and the machine's load, see :mod:`pyinpaint.threads`; the
+        caller's ``torch.set_num_threads`` is restored afterwards). ``max_batch``: most samples drawn as one batch
+        (None: as many as fit a fixed memory budget for this model and image size, see :mod:`pyinpaint.bounds`); a
+        larger n is drawn in batches, with a warning, and ``progress`` counts the positions of all batches. A call
+        whose memory would exceed what the machine has available is refused (ValueError naming the largest n that
+        fits).
         """
         return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, invert=invert, strategy=strategy, progress=progress, context=context).images
+                            rank=rank, invert=invert, strategy=strategy, progress=progress, context=context,
+                            threads=threads, max_batch=max_batch).images
 
 
 def _per_sample(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -403,11 +444,13 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
            invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-           context: str = CONTEXTS[0]) -> list[Image.Image]:
+           context: str = CONTEXTS[0], threads: int | None = None,
+           max_batch: int | None = None) -> list[Image.Image]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; see
     :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
     :class:`Inpainter`; default: the faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and
     cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
                                                sampler=sampler, rank=rank, invert=invert,
-                                               strategy=strategy, progress=progress, context=context)
+                                               strategy=strategy, progress=progress, context=context,
+                                               threads=threads, max_batch=max_batch)
