@@ -244,7 +244,7 @@ def test_cli_refuses_a_busy_port_and_a_bad_model(tiny_model_dir, capsys):
 
     with socket.create_server(("127.0.0.1", 0)) as s:
         port = s.getsockname()[1]
-        assert main(["serve", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cpu"]) == 2
+        assert main(["serve", "--model", str(tiny_model_dir), "--port", str(port), "--device", "cpu"]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
-    assert main(["serve", "--model", "no/such/model"]) == 2
+    assert main(["serve", "--model", "no/such/model"]) == 1
     assert "neither a shipped model" in capsys.readouterr().err
