@@ -74,20 +74,24 @@ def _task(stage: str, preset: str, device: torch.device):
     return TextureTask(cfg, vq, masks, masks, device=device), vq_cfg.image_size
 
 
-def worker(stage: str, preset: str, precision: str, steps: int, batch: int, out: str) -> None:
+def worker(stage: str, preset: str, precision: str, steps: int, batch: int, out: str, data: str = "",
+           recipe: str = "faces", workers: int = 0) -> None:
+    from pyinpaint.data import ImageFolder
     from pyinpaint.train.loop import TrainArgs, resolve_device, train
 
     device = resolve_device("auto")
     task, size = _task(stage, preset, device)
     args = TrainArgs(out=out, steps=steps + 1, batch_size=batch, log_every=1, val_every=10**9, ckpt_every=10**9,
-                     device=str(device), precision=precision, ema_decay=0.9997)
-    train(task, RandomImages(2 * batch, size), None, args, device=device, progress=False)
+                     device=str(device), precision=precision, ema_decay=0.9997, workers=workers)
+    images = ImageFolder(data, size=size, recipe=recipe) if data else RandomImages(2 * batch, size)
+    train(task, images, None, args, device=device, progress=False)
 
 
-def measure(stage: str, preset: str, procs: int, precision: str, steps: int, batch: int) -> float:
+def measure(stage: str, preset: str, procs: int, precision: str, steps: int, batch: int, data: str = "",
+            recipe: str = "faces", workers: int = 0) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "run")
-        cmd = [__file__, "--worker", stage, preset, precision, str(steps), str(batch), out]
+        cmd = [__file__, "--worker", stage, preset, precision, str(steps), str(batch), out, data, recipe, str(workers)]
         if procs > 1:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs), *cmd]
         else:
@@ -138,7 +142,6 @@ def interleave(stages, preset: str, variants: list[str], rounds: int, batch: int
     print("|---|---|---|---|---|---|")
     for stage in stages:
         tasks, first = {}, {}
-        x = torch.rand(batch, 3, 1, 1)
         for name in variants:
             options, threads = VARIANTS[name]
             task, size = _task(stage, preset, device)
@@ -210,8 +213,8 @@ def decode_cost(folder: str, size: int, n: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        stage, preset, precision, steps, batch, out = sys.argv[2:8]
-        worker(stage, preset, precision, int(steps), int(batch), out)
+        stage, preset, precision, steps, batch, out, data, recipe, workers = sys.argv[2:11]
+        worker(stage, preset, precision, int(steps), int(batch), out, data, recipe, int(workers))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
@@ -220,6 +223,11 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--steps", type=int, default=3, help="timed steps per case (after one warm-up step)")
     p.add_argument("--batch", type=int, default=8, help="global batch (the paper's 8)")
+    p.add_argument("--data", default="", help="train on this image folder (ImageFolder) instead of images in memory")
+    p.add_argument("--recipe", default="faces", choices=["faces", "scenes"], help="the preprocessing of --data")
+    p.add_argument("--workers", nargs="+", type=int, default=[0], help="data loader workers (with --data)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the cases this many times, interleaved, and report the median images/s")
     p.add_argument("--interleave", nargs="+", choices=list(VARIANTS), metavar="VARIANT",
                    help=f"compare speed options in one process, interleaved ({', '.join(VARIANTS)}; the first is "
                         "the reference)")
@@ -237,15 +245,21 @@ def main() -> None:
             interleave(a.stages, a.presets[0], a.interleave, a.rounds, a.batch)
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device {device}, global batch {a.batch}, {a.steps} timed steps, OMP_NUM_THREADS=1 per process")
-    print("| stage | preset | processes | precision | images/s |")
-    print("|---|---|---|---|---|")
-    for preset in a.presets:
-        for stage in a.stages:
-            for precision in a.precisions:
-                for procs in a.procs:
-                    ips = measure(stage, preset, procs, precision, a.steps, a.batch)
-                    print(f"| {stage} | {preset} | {procs} | {precision} | {ips:.2f} |", flush=True)
+    print(f"device {device}, global batch {a.batch}, {a.steps} timed steps, OMP_NUM_THREADS=1 per process", end="")
+    data = f", data {a.data} ({a.recipe})" if a.data else ""
+    print(f"{data}, {a.repeat} interleaved repeat(s), load {os.getloadavg()[0]:.1f}")
+    print("| stage | preset | processes | precision | workers | images/s |")
+    print("|---|---|---|---|---|---|")
+    cases = [(stage, preset, precision, procs, workers) for preset in a.presets for stage in a.stages
+             for precision in a.precisions for procs in a.procs for workers in a.workers]
+    results: dict[tuple, list[float]] = {case: [] for case in cases}
+    for _ in range(a.repeat):  # A, B, A, B, ...: a load that changes slows every case alike
+        for case in cases:
+            stage, preset, precision, procs, workers = case
+            results[case].append(measure(stage, preset, procs, precision, a.steps, a.batch, a.data, a.recipe, workers))
+    for (stage, preset, precision, procs, workers), ips in results.items():
+        print(f"| {stage} | {preset} | {procs} | {precision} | {workers} | {statistics.median(ips):.2f} |", flush=True)
+    print(f"load after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
