@@ -74,7 +74,7 @@ def test_channels_last_resume_is_exact(stage_images, tiny_vq_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["vqvae", "texture"])
+@pytest.mark.parametrize("stage", ["vqvae"])  # each run compiles anew: minutes on a loaded 2-core CPU
 def test_compile_keeps_the_numerics_and_resumes_exactly(stage, stage_images, tiny_vq_run, tmp_path):
     assert _train(stage, stage_images, tiny_vq_run, tmp_path / "a", 3) == 0
     assert _train(stage, stage_images, tiny_vq_run, tmp_path / "b", 3, "--compile") == 0
