@@ -37,6 +37,12 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="autocast precision (default fp32 = official; fp16 adds a gradient scaler); codebook search, "
                         "losses, weight-norm / spectral-norm statistics and the EMA stay float32")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last (NHWC) memory format for the trained networks and images (same results up "
+                        "to float32 rounding; see docs/benchmarks.md for what it pays)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the trained networks (inductor; the first steps compile, needs a C++ "
+                        "compiler on the CPU; same results up to float32 rounding; see docs/benchmarks.md)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to RUN/tensorboard (needs pip install 'pyinpaint[tensorboard]')")
     p.add_argument("--lr", type=float, default=lr, help=f"learning rate (official {lr:g})")
@@ -372,6 +378,7 @@ def _train_args(a: argparse.Namespace) -> dict:
                 ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, log_every=a.log_every, val_every=a.val_every,
                 init_from=a.init_from, val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers,
                 accumulate=a.accumulate, precision=a.precision, tensorboard=a.tensorboard,
+                channels_last=a.channels_last, compile=a.compile,
                 existing_out=a.existing_out, val_data=a.val_data, recipe=a.recipe, resume=a.resume,
                 progress=not a.quiet)
 

@@ -377,7 +377,8 @@ class GatedResBlock(nn.Module):
         if self.attention is not None:
             c3 = c3 + self.attention(c3)
         if self.dropout > 0 and self.training:
-            c3 = F.dropout(c3, self.dropout, training=True)
+            # the mask is drawn in memory order: contiguous, so that channels-last training draws the same mask
+            c3 = F.dropout(c3.contiguous(), self.dropout, training=True)
         return x + c3
 
     # ---------------------------------------------------------------------------------- step mode

@@ -81,6 +81,9 @@ class TrainArgs:
     init_from: str | None = None
     accumulate: int = 1  # micro-batches per optimiser step (per rank)
     precision: str = "fp32"  # fp32 (official), bf16 or fp16 autocast
+    # Speed options (same results up to float32 reduction order; see docs/benchmarks.md for what they pay):
+    channels_last: bool = False  # NHWC memory format for the trained networks and the image batches
+    compile: bool = False  # torch.compile (inductor) of the trained networks; the first steps compile
     tensorboard: bool = False
     # Train into an existing non-empty folder that is not a run (nothing in it is ever deleted).
     existing_out: bool = False
@@ -199,8 +202,9 @@ class StepContext:
     weighted by the world size instead (``backward(loss, name, reduction="sum")``)."""
 
     def __init__(self, device: torch.device, precision: str, accumulate: int, ddp: Distributed,
-                 optimizers: dict[str, torch.optim.Optimizer]):
+                 optimizers: dict[str, torch.optim.Optimizer], channels_last: bool = False, compile: bool = False):
         self.device, self.precision, self.accumulate, self.ddp = device, precision, accumulate, ddp
+        self.channels_last, self.compile = channels_last, compile
         self.dtype = PRECISIONS[precision]
         self.optimizers = optimizers
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=precision == "fp16") for name in optimizers}
@@ -213,14 +217,35 @@ class StepContext:
         self.step_index, self._micro = step, micro
 
     def wrap(self, module: nn.Module) -> nn.Module:
-        """``module`` in DistributedDataParallel under torchrun, else itself. Buffers are not broadcast: the
-        codebook EMA all-reduces its statistics and the spectral-norm vectors follow from identical weights."""
-        if not self.ddp.active:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
-        self.wrapped.append(wrapped)
+        """What the steps call for a trained network: ``module`` (moved to channels-last in place with
+        ``channels_last``), in DistributedDataParallel under torchrun, then compiled with ``compile``. Buffers
+        are not broadcast: the codebook EMA all-reduces its statistics and the spectral-norm vectors follow from
+        identical weights."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        wrapped = module
+        if self.ddp.active:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            self.wrapped.append(wrapped)
+        if self.compile:
+            import torch._inductor.config as inductor
+
+            inductor.fallback_random = True  # dropout draws from torch's generator, as uncompiled (exact resume)
+            wrapped = torch.compile(wrapped)
         return wrapped
+
+    def batch_format(self, batch: Any) -> Any:
+        """Image batches (4-d tensors) in channels-last memory format with ``channels_last``, else as they are."""
+        if not self.channels_last:
+            return batch
+        if torch.is_tensor(batch):
+            return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.batch_format(b) for b in batch)
+        if isinstance(batch, dict):
+            return {k: self.batch_format(v) for k, v in batch.items()}
+        return batch
 
     def micro_batches(self) -> Iterator[tuple[Any, int]]:
         """(micro-batch, global index of its first sample); gradients are synchronised on the last one only."""
@@ -602,7 +627,8 @@ def _train(task, train_set, val_set, args, resume, device, progress, on_create, 
     ddp.barrier()
     torch.manual_seed(args.seed + _RANK_SEED_STRIDE * ddp.rank)  # dropout: rank 0 as one process, others apart
     ema = EMA(task.model, args.ema_decay, args.ema_warmup)
-    ctx = StepContext(device, args.precision, args.accumulate, ddp, task.optimizers())
+    ctx = StepContext(device, args.precision, args.accumulate, ddp, task.optimizers(), args.channels_last,
+                      args.compile)
     step = 0
     if resume and run.latest() is not None:
         if ddp.main:
@@ -676,7 +702,7 @@ def _train(task, train_set, val_set, args, resume, device, progress, on_create, 
                               "saved, continue with --resume")
                     save()
                     raise KeyboardInterrupt(stop.requested)
-                batch = to_device(next(batches), device)
+                batch = ctx.batch_format(to_device(next(batches), device))
                 first = step * args.batch_size + ddp.rank * share
                 ctx.begin(step, [(b, first + j * micro) for j, b in enumerate(_split(batch, args.accumulate))])
                 metrics = task.train_step(ctx)
