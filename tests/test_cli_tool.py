@@ -141,7 +141,7 @@ def test_max_pixels_option(tiny_model_dir, folders, tmp_path, capsys):
 
 def test_the_console_script_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pyinpaint", "sample", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
-                        "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+                        "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 
@@ -26,6 +27,11 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
+# `python -m pyinpaint` run from the checkout would import its pyinpaint/ (without the compiled extension and the
+# kernels, which only the installed package has): the workers start in a neutral folder, as a user's would.
+_CWD = tempfile.gettempdir()
+
+
 def _cmd(nproc, *args):
     if nproc == 1:
         return [sys.executable, "-m", "pyinpaint", *args]
@@ -37,7 +43,8 @@ def _train(nproc, stage, out, images, *extra, vq=None, check=True):
     args = ["train", stage, "--data", str(images), "--out", str(out), "--config", "tiny", "--device", "cpu",
             "--quiet", "--log-every", "1", *(["--vqvae", str(vq)] if vq else []),
             *(["--dropout", "0"] if stage == "structure" else []), *extra]
-    res = subprocess.run(_cmd(nproc, *args), env=_env(), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(_cmd(nproc, *args), env=_env(), capture_output=True, text=True, timeout=300,
+                         cwd=_CWD)
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -111,7 +118,8 @@ def test_killed_run_resumes_exactly_under_torchrun(images, tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     args = ["train", "vqvae", "--data", str(images), "--out", str(killed), "--config", "tiny", "--device", "cpu",
             "--quiet", "--log-every", "1", "--batch-size", "4", "--ckpt-every", "2", "--steps", "400"]
-    proc = subprocess.Popen(_cmd(2, *args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_cmd(2, *args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            cwd=_CWD)
     workers = []
     try:
         deadline = time.time() + 240
