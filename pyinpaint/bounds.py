@@ -17,8 +17,6 @@ the shipped and the paper configurations, rounded up by 1.3-1.6x (docs/benchmark
 """
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 
 import torch

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from pyinpaint.io import ImageLike, InpaintWarning, MaskLike, read_image, read_mask, read_pair  # noqa: F401
