@@ -119,6 +119,12 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                         "than the image")
 
 
+def _add_batch_images(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--batch-images", type=_positive_int,
+                   help=f"most {what} sampled together in one batch (default: as many as fit the memory budget of "
+                        f"one batch; 1 = one at a time); each one's samples are the same either way")
+
+
 def _add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, metavar="K",
                    help="CPU threads (default: chosen per call from the work and the machine's load; "
@@ -238,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
     _add_overwrite(evi, "results.csv, summary.csv and best_worst.png in --out")
+    _add_batch_images(evi, "cases")
     _add_device(evi)
     _add_quiet(evi)
     _add_threads(evi)
@@ -292,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "partial results of the others are replaced")
     sa.add_argument("--max-pixels", type=_positive_int,
                     help="largest image accepted, in pixels (default 100000000, or PYINPAINT_MAX_PIXELS)")
+    _add_batch_images(sa, "images")
     _add_strategy(sa)
     _add_device(sa)
     _add_quiet(sa)
@@ -479,28 +487,30 @@ def _sample_files(a: argparse.Namespace) -> int:
         print(f"pyinpaint: {plan.out}: {plan.summary()}", file=sys.stderr)
     bar = _progress_bar(len(todo), a.quiet)
     replace = set(plan.replace)
-    t0 = time.perf_counter()
-    for i, p in enumerate(todo):
-        def progress(done: int, total: int, i=i) -> None:
-            if bar is not None:
-                bar.update(i + done / total - bar.n)  # redrawn at most every 0.1 s
 
-        t1 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
-            res = inp.inpaint(p.image, p.mask, a.n, seed=seed, temperature=a.temperature, top_k=a.top_k,
-                              sampler=a.sampler, rank=a.rank, invert=a.invert_mask, strategy=a.strategy,
-                              progress=progress, threads=a.threads, **_context(a))
-        files = plan.files[p.name]
-        for old in plan.remove.get(p.name, []):
-            old.unlink(missing_ok=True)
-        for img, f in zip([*res.images, _sample_grid(res)], files):
-            io.save_image(f, img, overwrite=f in replace)
+    def progress(done: float, total: int) -> None:
         if bar is not None:
-            bar.update(i + 1 - bar.n)
-        elif not a.quiet and len(todo) > 1:
-            print(f"[{i + 1}/{len(todo)}] {p.image}: {a.n} results in {time.perf_counter() - t1:.1f} s",
-                  file=sys.stderr)
+            bar.update(done - bar.n)  # redrawn at most every 0.1 s
+
+    t0 = t1 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", io.InpaintWarning)  # already shown by the check above
+        results = inp.inpaint_many([(p.image, p.mask) for p in todo], a.n, seed=seed, temperature=a.temperature,
+                                   top_k=a.top_k, sampler=a.sampler, rank=a.rank, invert=a.invert_mask,
+                                   strategy=a.strategy, progress=progress, threads=a.threads,
+                                   batch_images=a.batch_images, **_context(a))
+        for i, (p, res) in enumerate(zip(todo, results)):  # each image written as soon as its batch is done
+            files = plan.files[p.name]
+            for old in plan.remove.get(p.name, []):
+                old.unlink(missing_ok=True)
+            for img, f in zip([*res.images, _sample_grid(res)], files):
+                io.save_image(f, img, overwrite=f in replace)
+            if bar is not None:
+                bar.update(max(0.0, i + 1 - bar.n))
+            elif not a.quiet and len(todo) > 1:
+                now = time.perf_counter()
+                print(f"[{i + 1}/{len(todo)}] {p.image}: {a.n} results ({now - t1:.1f} s)", file=sys.stderr)
+                t1 = now
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -625,7 +635,7 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
                        overwrite=a.overwrite, device=resolve_device(a.device), progress=not a.quiet,
-                       threads=a.threads, **_context(a))
+                       threads=a.threads, batch_images=a.batch_images, **_context(a))
     print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
     print(format_summary(res["summary"], a.n))
     if a.out:

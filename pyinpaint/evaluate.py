@@ -284,14 +284,17 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  strategy: str = "auto", upscale: int = 1, out: str | Path | None = None, overwrite: bool = False,
                  device: str | torch.device = "cpu", progress: bool = True, context: str | None = None,
-                 threads: int | None = None) -> dict:
+                 threads: int | None = None, batch_images: int | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
     with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
     :mod:`pyinpaint.crop`) and ``context`` (as in :meth:`Inpainter.sample`: "known" or "sampled"; None: its default).
     Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with ``out`` writes
     results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before any work).
-    ``threads``: CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`)."""
+    ``threads``: CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`). The cases
+    are filled several to a batch (``batch_images``: at most that many; None: as many as the memory budget allows;
+    each case gets the samples it gets alone, seeded ``seed`` + its number); "seconds" of the model's rows is the
+    mean time per case."""
     from pyinpaint.crop import STRATEGIES
     import time
 
@@ -330,21 +333,26 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     shown: list[tuple[float, int, Case, dict]] = []  # (margin, case number, case, fills by method), by margin
     scored = 0
     truths = {path: _load_eval_image(path, size, upscale) for path in paths}  # each image once (cases reuse them)
-    for i, case in enumerate(tqdm(cases, desc="eval inpaint", disable=not progress)):
+    todo = [(i, case) for i, case in enumerate(cases) if case.hole.any()]
+    # the cases are filled in shared batches (Inpainter.inpaint_many), each with its own seed; the model's time is
+    # reported as the mean per case
+    results = inp.inpaint_many([(truths[case.image], case.hole) for _, case in todo], n,
+                               seed=[seed + i for i, _ in todo], strategy=strategy, context=context, threads=threads,
+                               batch_images=batch_images)
+    model_seconds, ours = 0.0, []
+    t0 = time.perf_counter()
+    for (i, case), res in zip(tqdm(todo, desc="eval inpaint", disable=not progress), results):
+        model_seconds += time.perf_counter() - t0
         truth = truths[case.image]
-        if not case.hole.any():
-            continue
         base = {"case": i, "image": case.image.name, "mask": case.mask, "block": case.block,
                 "hole_pct": round(100.0 * float(case.hole.mean()), 2),
                 "sharpness_truth": sharpness(truth, case.hole)}
-        t0 = time.perf_counter()
-        fills = [np.asarray(im) for im in inp.sample(truth, case.hole, n, seed=seed + i, strategy=strategy,
-                                                     context=context, threads=threads)]
-        seconds = time.perf_counter() - t0
+        fills = [np.asarray(im) for im in res.images]
         scores = [hole_metrics(f, truth, case.hole) for f in fills]
-        rows.append({**base, "method": "pyinpaint", **summarize(scores),
+        ours.append({**base, "method": "pyinpaint", **summarize(scores),
                      "sharpness": float(np.mean([sharpness(f, case.hole) for f in fills])),
-                     "diversity": pairwise_l1(fills, case.hole), "seconds": seconds})
+                     "diversity": pairwise_l1(fills, case.hole)})
+        rows.append(ours[-1])
         best = fills[int(np.argmax([s["psnr"] for s in scores]))]
         by_method = {"pyinpaint": best, "pyinpaint 2": fills[0], "pyinpaint 3": fills[min(1, n - 1)]}
         ref_psnr = 0.0
@@ -362,6 +370,9 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
         if len(shown) > 8:
             del shown[4]  # neither among the 4 lowest nor the 4 highest
         scored += 1
+        t0 = time.perf_counter()
+    for row in ours:
+        row["seconds"] = model_seconds / len(ours)
     summary = summarize_rows(rows)
     if out is not None:
         picks = shown[4:][::-1] + shown[:4] if scored > 8 else shown[::-1]

@@ -22,7 +22,7 @@ import os
 import secrets
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,59 +183,78 @@ class Inpainter:
         return int(seed)
 
     @torch.inference_mode()
-    def known_codes(self, prepared: Prepared, n: int = 1):
+    def known_codes(self, prepared: Prepared | Sequence[Prepared], n: int = 1):
         """The top codes the known pixels determine, per window: :class:`pyinpaint.sampler.Context` with ``known``
         [k n, s, s] True where the VQ encoder's receptive field at that position holds no hole pixel (computed exactly
         from the model-size mask, :meth:`VQEncoder.top_reach`) and ``codes`` [k n, s, s] the encoder's codes of the
-        masked window (there, the codes of the whole window); each window's repeated n times, window-major."""
+        masked window (there, the codes of the whole window); each window's repeated n times, window-major (the
+        windows of several inputs in turn)."""
         from pyinpaint.sampler import Context
 
+        masked, m = _windows(prepared)
         enc = self.model.vqvae.encoder
-        codes = enc(prepared.masked, update_codebooks=False).idx_t
-        return Context(_per_sample(codes, len(codes) * n), _per_sample(~enc.top_reach(prepared.m), len(codes) * n))
+        codes = enc(masked, update_codebooks=False).idx_t
+        return Context(_per_sample(codes, len(codes) * n), _per_sample(~enc.top_reach(m), len(codes) * n))
 
     @torch.inference_mode()
-    def sample_structures(self, prepared: Prepared, n: int, *, seed: int, temperature: float = 1.0,
-                          top_k: int | None = None, sampler: str = "cached", progress: Progress | None = None,
-                          context: str = CONTEXTS[0]):
+    def sample_structures(self, prepared: Prepared | Sequence[Prepared], n: int, *, seed: int | Sequence[int],
+                          temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached",
+                          progress: Progress | None = None, context: str = CONTEXTS[0]):
         """n structure maps for each of the k windows, all as one batch: the condition network once per window,
         then the sampler. ``context``: "known" (the default) takes the encoder's codes where the known pixels
         determine them (:meth:`known_codes`, per window) and draws only the rest, stopping after the last drawn
         position; "sampled" draws every position (the paper's rule). Returns :class:`pyinpaint.sampler.Sampled`
-        (codes [k n, s, s], embeddings [k n, D, s, s], window-major)."""
+        (codes [k n, s, s], embeddings [k n, D, s, s], window-major).
+
+        Several prepared inputs (with one seed each) are sampled as one batch, their windows in turn; each input
+        draws the codes it draws alone with its seed (its own noise: :func:`pyinpaint.sampler.batch_noise`)."""
         from pyinpaint import sampler as sampling
 
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
+        if isinstance(prepared, Prepared):
+            segments = int(seed)
+        else:
+            if isinstance(seed, (int, np.integer)) or len(seed) != len(prepared):
+                raise ValueError(f"several inputs need one seed each ({len(prepared)} inputs)")
+            segments = [(int(sd), len(p.windows) * n) for p, sd in zip(prepared, seed)]
+        masked, m = _windows(prepared)
         st = self.model.structure
-        h = st.condition(prepared.masked, prepared.m)
+        h = st.condition(masked, m)
         h = _per_sample(h, h.shape[0] * n)
         total = h.shape[-1] * h.shape[-2]
         report = None if progress is None else (lambda p: progress(p + 1, total))
         run = {"cached": sampling.sample_cached, "naive": sampling.sample_naive,
                "graph": functools.partial(sampling.sample_cached, cuda_graph=True)}.get(sampler)
         if run is not None:
-            return run(st.pixelcnn, h, self.model.codebook, seed=seed, temperature=temperature, top_k=top_k,
+            return run(st.pixelcnn, h, self.model.codebook, seed=segments, temperature=temperature, top_k=top_k,
                        progress=report, context=self.known_codes(prepared, n) if context == "known" else None)
         raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
 
     @torch.inference_mode()
-    def complete(self, prepared: Prepared, structures: torch.Tensor) -> torch.Tensor:
-        """The texture generator on the structure maps [k n, D, s, s] of the k windows as one batch -> completions
-        [k n, 3, S, S] (generated pixels in the model-size hole, the window's input elsewhere), in [-1, 1]."""
-        masked, m = _per_sample(prepared.masked, structures.shape[0]), _per_sample(prepared.m, structures.shape[0])
+    def complete(self, prepared: Prepared | Sequence[Prepared], structures: torch.Tensor) -> torch.Tensor:
+        """The texture generator on the structure maps [k n, D, s, s] of the k windows (of one input or of several in
+        turn) as one batch -> completions [k n, 3, S, S] (generated pixels in the model-size hole, the window's input
+        elsewhere), in [-1, 1]."""
+        masked, m = _windows(prepared)
+        masked, m = _per_sample(masked, structures.shape[0]), _per_sample(m, structures.shape[0])
         raw = self.model.generator(masked, m, structures)
         return complete(raw, masked, m)
 
     @torch.inference_mode()
-    def score(self, prepared: Prepared, completed: torch.Tensor) -> torch.Tensor:
+    def score(self, prepared: Prepared | Sequence[Prepared], completed: torch.Tensor):
         """Discriminator score [n] of the completions [k n, 3, S, S] of the k windows at model size: per window the
-        mean over the discriminator's map, then the mean over the windows (higher = judged more real)."""
+        mean over the discriminator's map, then the mean over the windows (higher = judged more real). For several
+        inputs (their windows in turn), a list with each one's [n]."""
         if self.model.discriminator is None:
             raise ValueError("this model file has no discriminator: it cannot score samples")
-        k = prepared.m.shape[0]
-        per_window = self.model.discriminator(completed, _per_sample(prepared.m, completed.shape[0])).float()
-        return per_window.flatten(1).mean(dim=1).view(k, -1).mean(dim=0)
+        _, m = _windows(prepared)
+        n = completed.shape[0] // m.shape[0]
+        per_window = self.model.discriminator(completed, _per_sample(m, completed.shape[0])).float()
+        per_window = per_window.flatten(1).mean(dim=1).view(m.shape[0], n)
+        if isinstance(prepared, Prepared):
+            return per_window.mean(dim=0)
+        return [w.mean(dim=0) for w in per_window.split([len(p.windows) for p in prepared])]
 
     @torch.inference_mode()
     def to_input_size(self, prepared: Prepared, completed: torch.Tensor) -> list[Image.Image]:
@@ -263,6 +282,64 @@ class Inpainter:
             return vq.decode(quant_t, zeros_b).clamp(-1, 1)
 
     # ------------------------------------------------------------------ the whole call
+    def _run(self, group: list[Prepared], size: int, seeds: list[int], *, temperature: float, top_k: int | None,
+             sampler: str, rank: bool, context: str, progress: Progress | None, th) -> list[tuple]:
+        """One batch: ``size`` samples of every window of every input in ``group`` (one seed each). Per input: (codes
+        [k, size, s, s], completions [k, size, 3, S, S], scores [size] or None), on the host."""
+        th.phase(sampling_work(self.model.structure.pixelcnn, size * sum(len(p.windows) for p in group)))
+        with self._graph_lock if sampler == "graph" else contextlib.nullcontext():
+            sampled = self.sample_structures(group, size, seed=seeds, temperature=float(temperature), top_k=top_k,
+                                             sampler=sampler, progress=th.wrap(progress), context=context)
+        th.phase(math.inf)
+        completed = self.complete(group, sampled.embeddings)
+        scores = [s.cpu() for s in self.score(group, completed)] if rank else [None] * len(group)
+        rows = [len(p.windows) * size for p in group]
+        # rows are window-major: [k * size] -> [k, size] to join the batches per window
+        return [(c.cpu().unflatten(0, (len(p.windows), size)), x.cpu().unflatten(0, (len(p.windows), size)), sc)
+                for p, c, x, sc in zip(group, sampled.codes.split(rows), completed.split(rows), scores)]
+
+    def _result(self, prepared: Prepared, parts: list[tuple], seed: int, rank: bool) -> Result:
+        """The Result of one input from its batches' parts (see :meth:`_run`): batches joined per window, ranked
+        when asked, brought to the input's size."""
+        k = len(prepared.windows)
+        codes = torch.cat([c for c, _, _ in parts], dim=1)
+        n = codes.shape[1]
+        codes = codes.flatten(0, 1)
+        completed = torch.cat([c for _, c, _ in parts], dim=1).flatten(0, 1)
+        scores, order = None, torch.arange(n)
+        if rank:
+            scores = torch.cat([s for _, _, s in parts])
+            order = torch.sort(scores, descending=True, stable=True).indices
+            scores = scores[order]
+            rows = (torch.arange(k)[:, None] * n + order[None]).flatten()
+            codes, completed = codes[rows], completed[rows]
+        images = self.to_input_size(prepared, completed.to(self.device))  # kept on the host between batches
+        for i, (im, j) in enumerate(zip(images, order.tolist())):
+            im.info.update({"seed": seed, "sample": j})
+            if scores is not None:
+                im.info["score"] = float(scores[i])
+        return Result(images, seed, order.tolist(), codes, completed, scores, prepared)
+
+    @staticmethod
+    def _copies(prepared: Prepared, n: int, seed: int) -> Result:
+        _warn("the mask is empty (no pixel to fill): returning copies of the input")
+        return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
+                      prepared=prepared)
+
+    def _alone(self, prepared: Prepared, plan: bounds.Plan, n: int, seed: int, progress: Progress | None,
+               th, **options) -> Result:
+        """One input in the batches of its plan (``progress`` counts the positions of all batches)."""
+        if len(plan.batches) > 1:
+            _warn(plan.describe())
+        parts = []
+        for b, (_, size) in enumerate(plan.batches):
+            report = None
+            if progress is not None:  # positions of all batches, in one count
+                report = functools.partial(lambda off, done, total: progress(off * total + done,
+                                                                             total * len(plan.batches)), b)
+            parts += self._run([prepared], size, [bounds.batch_seed(seed, b)], progress=report, th=th, **options)
+        return self._result(prepared, parts, seed, options["rank"])
+
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                 invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
@@ -274,57 +351,116 @@ class Inpainter:
         threads = check_threads(threads)
         max_batch = bounds.check_max_batch(max_batch)
         n = int(n)
+        options = dict(temperature=temperature, top_k=top_k, sampler=sampler, rank=rank, context=context)
         with use_threads(threads, device=self.device) as th:
             prepared = self.prepare(image, mask, strategy, invert)
             if not prepared.hole.any():
-                _warn("the mask is empty (no pixel to fill): returning copies of the input")
-                return Result([Image.fromarray(prepared.image, "RGB") for _ in range(n)], seed, list(range(n)),
-                              prepared=prepared)
+                return self._copies(prepared, n, seed)
+            plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=len(prepared.windows),
+                               device=self.device)
+            return self._alone(prepared, plan, n, seed, progress, th, **options)
+
+    def inpaint_many(self, items: Sequence[tuple[ImageLike, MaskLike]], n: int = 10, *,
+                     seed: int | Sequence[int] | None = None,
+                     temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
+                     invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
+                     context: str = CONTEXTS[0], threads: int | None = None, max_batch: int | None = None,
+                     batch_images: int | None = None) -> Iterator[Result]:
+        """:meth:`inpaint` over several (image, mask) pairs, several images sampled as one batch: the Results, in
+        order, each as soon as its batch is done (an iterator; the options are checked at the call, the inputs as
+        they are read). Every input gets the same ``seed`` (None: one fresh seed) and the samples it would get alone
+        (each its own noise), but the sampler runs once per batch of images instead of once per image, which is where
+        small models spend their time (docs/benchmarks.md, "Many images"). ``seed`` may also be a sequence, one seed
+        per input.
+
+        Consecutive inputs share a batch while it holds at most ``max_batch`` samples (n per input; None: as many
+        sample rows, n x windows per input, as :data:`pyinpaint.bounds.BATCH_BYTES` holds, the rule for one input),
+        their memory estimates together fit the machine, and there are at most ``batch_images`` of them (None: no
+        limit; 1: one at a time). An input that alone needs several batches is run alone, as :meth:`inpaint` would.
+        ``progress(done, total)``: ``done`` (a float) images' worth of work of ``total`` images."""
+        items = list(items)
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != len(items):
+                raise ValueError(f"one seed per input: {len(seed)} seeds for {len(items)} inputs")
+            seeds = [self.check_options(n, seed=sd, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
+                                        context=context) for sd in seed]
+        else:
+            seeds = [self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
+                                        context=context)] * len(items)
+        threads = check_threads(threads)
+        max_batch = bounds.check_max_batch(max_batch)
+        if batch_images is not None and (isinstance(batch_images, bool) or not isinstance(batch_images, (int, np.integer))
+                                         or batch_images < 1):
+            raise ValueError(f"batch_images must be None (no limit) or a positive integer (got {batch_images!r})")
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        for i, item in enumerate(items):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise ValueError(f"items must be (image, mask) pairs; item {i} is {type(item).__name__}")
+        return self._many(items, int(n), seeds, threads, max_batch, batch_images, invert, strategy, progress,
+                          dict(temperature=temperature, top_k=top_k, sampler=sampler, rank=rank, context=context))
+
+    def _many(self, items, n, seeds, threads, max_batch, batch_images, invert, strategy, progress, options):
+        rows_budget = bounds.default_max_batch(self.model)  # sample rows (samples x windows) of one batch
+        total = len(items)
+        group: list[tuple[int, Prepared, bounds.Plan]] = []
+
+        def run_group() -> Iterator[Result]:
+            todo = [(i, p) for i, p, _ in group if p.hole.any()]
+            first = group[0][0]
+            done = {}
+            if todo:
+                report = None
+                if progress is not None:
+                    report = lambda d, t: progress(first + len(group) * d / t, total)  # noqa: E731
+                with use_threads(threads, device=self.device) as th:
+                    parts = self._run([p for _, p in todo], n, [seeds[i] for i, _ in todo], progress=report, th=th,
+                                      **options)
+                    done = {i: self._result(p, [part], seeds[i], options["rank"]) for (i, p), part in zip(todo, parts)}
+            for i, p, _ in group:
+                yield done[i] if i in done else self._copies(p, n, seeds[i])
+            if progress is not None:
+                progress(float(first + len(group)), total)
+            group.clear()
+
+        for i, (image, mask) in enumerate(items):
+            try:
+                prepared = self.prepare(image, mask, strategy, invert)
+            except Exception:
+                if group:  # the inputs before a bad one are filled first (nothing done is lost)
+                    yield from run_group()
+                raise
             k = len(prepared.windows)
             plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=k, device=self.device)
-            if len(plan.batches) > 1:
-                _warn(plan.describe())
-            parts = []
-            for b, (_, size) in enumerate(plan.batches):
-                report = None
-                if progress is not None:  # positions of all batches, in one count
-                    report = functools.partial(lambda off, done, total: progress(off * total + done,
-                                                                                 total * len(plan.batches)), b)
-                th.phase(sampling_work(self.model.structure.pixelcnn, k * size))
-                with self._graph_lock if sampler == "graph" else contextlib.nullcontext():
-                    sampled = self.sample_structures(prepared, size, seed=bounds.batch_seed(seed, b),
-                                                     temperature=float(temperature), top_k=top_k, sampler=sampler,
-                                                     progress=th.wrap(report), context=context)
-                th.phase(math.inf)
-                completed = self.complete(prepared, sampled.embeddings)
-                scores = self.score(prepared, completed).cpu() if rank else None
-                # rows are window-major within a batch: [k * size] -> [k, size] to join the batches per window
-                parts.append((sampled.codes.cpu().unflatten(0, (k, size)), completed.cpu().unflatten(0, (k, size)),
-                              scores))
-                del sampled, completed
-            codes = torch.cat([c for c, _, _ in parts], dim=1).flatten(0, 1)
-            completed = torch.cat([c for _, c, _ in parts], dim=1).flatten(0, 1)
-            scores, order = None, torch.arange(n)
-            if rank:
-                scores = torch.cat([s for _, _, s in parts])
-                order = torch.sort(scores, descending=True, stable=True).indices
-                scores = scores[order]
-                rows = (torch.arange(k)[:, None] * n + order[None]).flatten()
-                codes, completed = codes[rows], completed[rows]
-            del parts
-            images = self.to_input_size(prepared, completed.to(self.device))  # kept on the host between batches
-        for i, (im, j) in enumerate(zip(images, order.tolist())):
-            im.info.update({"seed": seed, "sample": j})
-            if scores is not None:
-                im.info["score"] = float(scores[i])
-        return Result(images, seed, order.tolist(), codes, completed, scores, prepared)
+            if len(plan.batches) > 1:  # too big to share a batch: alone, after the waiting ones
+                if group:
+                    yield from run_group()
+                report = None if progress is None else (lambda d, t, i=i: progress(i + d / t, total))
+                with use_threads(threads, device=self.device) as th:
+                    yield self._alone(prepared, plan, n, seeds[i], report, th, **options)
+                continue
+            need = sum(pl.estimate for _, _, pl in group) + plan.estimate
+            if max_batch is None:
+                full = sum(len(p.windows) * n for _, p, _ in group) + k * n > rows_budget
+            else:
+                full = (len(group) + 1) * n > max_batch
+            full = full or (plan.available is not None and need > bounds.HEADROOM * plan.available)
+            if group and full:
+                yield from run_group()
+            group.append((i, prepared, plan))
+            if batch_images is not None and len(group) >= batch_images:
+                yield from run_group()
+        if group:
+            yield from run_group()
 
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
                context: str = CONTEXTS[0], threads: int | None = None,
-               max_batch: int | None = None) -> list[Image.Image]:
-        """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size.
+               max_batch: int | None = None) -> list[Image.Image] | list[list[Image.Image]]:
+        """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size. With
+        lists of images and masks (paired in order), a list of each image's n completions: several images are
+        sampled as one batch (see :meth:`inpaint_many`; ``progress(done, total)`` then counts images).
 
         image: path, PIL image, H x W x 3 uint8 array or 3 x H x W float tensor in [0, 1] (greyscale, RGBA and
         palette images are converted with a warning). mask: path, PIL image, H x W array or tensor; nonzero /
@@ -346,9 +482,25 @@ class Inpainter:
         whose memory would exceed what the machine has available is refused (ValueError naming the largest n that
         fits).
         """
-        return self.inpaint(image, mask, n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler,
-                            rank=rank, invert=invert, strategy=strategy, progress=progress, context=context,
-                            threads=threads, max_batch=max_batch).images
+        options = dict(seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank, invert=invert,
+                       strategy=strategy, progress=progress, context=context, threads=threads, max_batch=max_batch)
+        if isinstance(image, (list, tuple)) or isinstance(mask, (list, tuple)):
+            if not (isinstance(image, (list, tuple)) and isinstance(mask, (list, tuple))) or len(image) != len(mask):
+                raise ValueError("several images need as many masks, both as lists (paired in order); got "
+                                 f"{_count(image)} and {_count(mask)}")
+            return [r.images for r in self.inpaint_many(list(zip(image, mask)), n, **options)]
+        return self.inpaint(image, mask, n, **options).images
+
+
+def _count(x: Any) -> str:
+    return f"a list of {len(x)}" if isinstance(x, (list, tuple)) else f"one {type(x).__name__}"
+
+
+def _windows(prepared: Prepared | Sequence[Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked [k, 3, S, S], m [k, 1, S, S]): the windows of one prepared input, or of several in turn."""
+    if isinstance(prepared, Prepared):
+        return prepared.masked, prepared.m
+    return torch.cat([p.masked for p in prepared]), torch.cat([p.m for p in prepared])
 
 
 def _per_sample(t: torch.Tensor, rows: int) -> torch.Tensor:
@@ -444,9 +596,9 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
            invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
            context: str = CONTEXTS[0], threads: int | None = None,
-           max_batch: int | None = None) -> list[Image.Image]:
-    """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; see
-    :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
+           max_batch: int | None = None) -> list[Image.Image] | list[list[Image.Image]]:
+    """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; lists of images and
+    masks: a list of each one's completions, sampled in shared batches; see :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
     :class:`Inpainter`; default: the faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and
     cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ from pyinpaint.kernels.sample import draw_reference as draw
 from pyinpaint.kernels.sample import shape_logits
 from pyinpaint.models.structure import PixelCNN
 
-__all__ = ["gumbel_noise", "shape_logits", "draw", "entropy_bits", "Sampled", "Context", "sample_naive",
+__all__ = ["gumbel_noise", "batch_noise", "shape_logits", "draw", "entropy_bits", "Sampled", "Context", "sample_naive",
            "sample_cached"]
 
 
@@ -39,6 +39,21 @@ def gumbel_noise(seed: int, n: int, positions: int, k: int, device: torch.device
     u = torch.rand(n, positions, k, generator=g, dtype=torch.float64)
     u = u.clamp_(min=torch.finfo(torch.float64).tiny, max=1 - 1e-16)
     return (-torch.log(-torch.log(u))).to(torch.float32).to(device)
+
+
+Seed = int | Sequence[tuple[int, int]]  # one seed, or (seed, rows) segments: see batch_noise
+
+
+def batch_noise(seed: Seed, n: int, positions: int, k: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The noise of a batch of n rows: :func:`gumbel_noise` of ``seed`` for all rows, or, with ``seed`` a sequence of
+    (seed, rows) segments whose rows add up to n, each segment's own noise in turn. Several images sampled in one
+    batch, each its own segment, so draw what each draws alone."""
+    if isinstance(seed, Sequence):
+        if sum(rows for _, rows in seed) != n:
+            raise ValueError(f"the seed segments cover {sum(rows for _, rows in seed)} rows, the batch has {n}")
+        return torch.cat([gumbel_noise(s, rows, positions, k, device) for s, rows in seed])
+    return gumbel_noise(seed, n, positions, k, device)
 
 
 def entropy_bits(logits: torch.Tensor) -> torch.Tensor:
@@ -98,22 +113,22 @@ def _plan(context: Context | None, n: int, height: int, width: int, k: int, devi
 
 
 @torch.no_grad()
-def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: int = 0,
+def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: Seed = 0,
                  temperature: float = 1.0, top_k: int | None = None, entropy: bool = False,
                  progress: Callable[[int], None] | None = None, context: Context | None = None) -> Sampled:
     """The paper's sampler: for each position in raster order, run the whole PixelCNN on what has been sampled
     so far (zeros elsewhere) and draw that position's code. Without ``context`` all positions are sampled, the
     known region too; with one, known positions take its codes (see :class:`Context` and the module notes).
 
-    h: [N, C_h, s, s] (one row per sample: repeat an image's h for several samples); codebook [K, D].
-    ``progress(position)`` is called after each position. Entropy is 0 where a code is known.
+    h: [N, C_h, s, s] (one row per sample: repeat an image's h for several samples); codebook [K, D]. ``seed``: an
+    integer, or (seed, rows) segments (see :func:`batch_noise`). ``progress(position)`` is called after each position. Entropy is 0 where a code is known.
     """
     n, _, s, _ = h.shape
     k, d = codebook.shape
     plan = _plan(context, n, s, s, k, h.device)
     was_training = pixelcnn.training
     pixelcnn.eval()
-    noise = gumbel_noise(seed, n, s * s, k, h.device)
+    noise = batch_noise(seed, n, s * s, k, h.device)
     e = torch.zeros(n, d, s, s, device=h.device, dtype=codebook.dtype)
     codes = torch.zeros(n, s, s, dtype=torch.int64, device=h.device)
     ent = torch.zeros(n, s, s, device=h.device) if entropy else None
@@ -141,7 +156,7 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
     return Sampled(codes, e, ent)
 
 
-def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: int = 0,
+def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *, seed: Seed = 0,
                   temperature: float = 1.0, top_k: int | None = None, entropy: bool = False,
                   progress: Callable[[int], None] | None = None, draw_backend: str = "auto",
                   cuda_graph: bool = False, context: Context | None = None) -> Sampled:
@@ -172,7 +187,7 @@ def sample_cached(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *
     pixelcnn.eval()
     try:
         with torch.inference_mode():
-            noise = gumbel_noise(seed, n, height * width, k, h.device)
+            noise = batch_noise(seed, n, height * width, k, h.device)
             if cuda_graph:
                 codes, ent = _replay_graphed(pixelcnn, h, codebook, noise, temperature, top_k, entropy, draw_backend,
                                              plan)

@@ -55,6 +55,26 @@ def test_folder_run_writes_name_nn_and_keeps_known_pixels(tiny_model_dir, folder
     assert np.array_equal(np.asarray(api[1]), np.asarray(Image.open(out / "wide_01.png")))
 
 
+def test_folder_images_share_batches(tiny_model_dir, folders, tmp_path, monkeypatch):
+    from pyinpaint.inpainter import Inpainter
+
+    images, masks = folders
+    groups = []
+    run = Inpainter._run
+    monkeypatch.setattr(Inpainter, "_run", lambda self, group, *a, **k: groups.append(len(group)) or run(self, group, *a, **k))
+    assert _run(tiny_model_dir, images, masks, "-n", "2", "-o", tmp_path / "together", "-q") == 0
+    assert groups == [2]
+    groups.clear()
+    assert _run(tiny_model_dir, images, masks, "-n", "2", "-o", tmp_path / "apart", "-q", "--batch-images", "1") == 0
+    assert groups == [1, 1]
+    names = sorted(p.name for p in (tmp_path / "together").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "apart").iterdir()) and len(names) == 6
+    for name in names:  # the same samples either way
+        a = np.asarray(Image.open(tmp_path / "together" / name)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "apart" / name)).astype(int)
+        assert np.abs(a - b).max() <= 1
+
+
 def test_output_folder_rules(tiny_model_dir, folders, tmp_path, capsys):
     images, masks = folders
     out = tmp_path / "out"

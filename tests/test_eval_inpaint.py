@@ -150,6 +150,11 @@ def test_eval_inpaint_end_to_end(tiny_model_dir, eval_images, nvidia_masks, tmp_
     # the same seed gives the same numbers
     again = eval_inpaint(tiny_model_dir, eval_images, ["center"], n=3, size=48, per_block=1, progress=False)
     assert [r["psnr_best"] for r in again["rows"]] == [r["psnr_best"] for r in rows[:3 * (1 + len(BASELINES))]]
+    # cases filled one at a time instead of in shared batches: the same numbers
+    alone = eval_inpaint(tiny_model_dir, eval_images, ["center"], n=3, size=48, per_block=1, progress=False,
+                         batch_images=1)
+    assert [r["psnr_best"] for r in alone["rows"]] == pytest.approx([r["psnr_best"] for r in again["rows"]],
+                                                                     abs=0.05)
 
 
 def test_eval_inpaint_errors(tiny_model_dir, eval_images, tmp_path):

@@ -120,7 +120,7 @@ def test_greyscale_and_rgba_inputs_warn_and_work(inp, image, hole, tmp_path):
     (torch.full((3, H, W), 1.5), "hole", 1, r"must be in \[0, 1\]"),
     (-np.ones((H, W, 3), np.float32), "hole", 1, r"must be in \[0, 1\]"),
     (torch.zeros(H, W, 3), "hole", 1, "channels first"),
-    ([[1, 2, 3]], "hole", 1, "unsupported image type list"),
+    ([[1, 2, 3]], "hole", 1, "several images need as many masks"),  # a list is several images
     ("image", "hole", 0, "n must be a positive integer"),
     ("image", "hole", 2.5, "n must be a positive integer"),
     ("image", np.ones((H, W), bool), 1, "covers every pixel.*nothing to condition on"),
