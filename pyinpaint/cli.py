@@ -64,9 +64,11 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument("--existing-out", action="store_true",
                    help="train into an existing non-empty --out that is not a run (its files are never deleted)")
-    p.add_argument("--init-from", metavar="RUN",
+    p.add_argument("--init-from", metavar="RUN|MODEL",
                    help="start from the newest weights (model and EMA) of another run of the same stage and "
-                        "architecture, with a fresh optimiser at step 0 (fine-tuning, e.g. with another --lr)")
+                        "architecture, or from a model's (a shipped model's name such as faces, or a model folder; "
+                        "stages 2-3 then need that model as --vqvae too), with a fresh optimiser at step 0 "
+                        "(fine-tuning, e.g. on your own photos or with another --lr)")
     _add_quiet(p)
 
 
@@ -157,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train the structure generator on the ground-truth top codes of a trained "
                                      "VQ-VAE (official train_structure_generator.py: summed cross entropy, Adam "
                                      "with warm-up and (t+1)^-0.35 decay, dropout 0.1, Polyak EMA 0.9997).")
-    ts.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen)")
+    ts.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen), or a model whose VQ-VAE to use (a "
+                         "shipped model's name such as faces, or a model folder)")
     ts.add_argument("--config", default="paper", choices=sorted(STRUCTURE_PRESETS),
                     help="architecture preset (default paper); image size and codebook come from the VQ-VAE")
     ts.add_argument("--masks", default="random",
@@ -173,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train the texture generator (GAN) on the ground-truth structures of a trained "
                                      "VQ-VAE (official train_texture_generator.py: L1 + hinge GAN + 0.1 x VQ feature "
                                      "losses, 1:1 G/D steps, Adam 1e-4 betas (0.5, 0.999)).")
-    tt.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen)")
+    tt.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen), or a model whose VQ-VAE to use (a "
+                         "shipped model's name such as faces, or a model folder)")
     tt.add_argument("--config", default="paper", choices=sorted(TEXTURE_PRESETS),
                     help="architecture preset (default paper); image size and code width come from the VQ-VAE")
     tt.add_argument("--masks", default="random", help="training masks (as for 'train structure')")

@@ -20,8 +20,37 @@ def read_config(run: str | Path, stage: str) -> dict:
     return config
 
 
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a training run's folder (a config.json that names a stage)."""
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        return False
+    try:
+        return "stage" in io.load_json(p)
+    except (OSError, ValueError):
+        return False
+
+
+def model_source(source: str | Path) -> Path | None:
+    """The model folder of ``source`` when it names a model rather than a training run: a shipped model's name
+    (``faces``) or a folder written by ``pyinpaint export`` / ``convert-official``; None for a training run's folder.
+    A run folder wins over a shipped name of the same spelling."""
+    from pyinpaint.inpainter import model_path
+
+    if is_run(source):
+        return None
+    path = model_path(str(source))
+    return path if (path / "model.safetensors").is_file() else None
+
+
 def load_vqvae(run: str | Path, device: str | torch.device = "cpu") -> VQVAE:
-    """The VQ-VAE of a run with its Polyak-EMA weights (what the official pipeline evaluates and uses)."""
+    """The VQ-VAE of a run with its Polyak-EMA weights (what the official pipeline evaluates and uses), or of a
+    model (a shipped model's name or a model folder: see :func:`model_source`)."""
+    model = model_source(run) if not is_run(run) else None
+    if model is not None:
+        from pyinpaint.modelfile import load_model
+
+        return load_model(model, device).vqvae.eval()
     run = Path(run)
     cfg = from_dict(VQVAEConfig, read_config(run, "vqvae")["model"])
     if not (run / "ema.safetensors").exists():
@@ -35,8 +64,16 @@ def copy_vqvae_into(run: str | Path, vqvae_run: str | Path) -> None:
     """Keep a copy of the VQ-VAE a later stage was trained on inside that stage's run (``RUN/vqvae``), so the
     run stays usable when the VQ-VAE's own run directory moves or is deleted."""
     import shutil
+    from dataclasses import asdict
 
     src, dst = Path(vqvae_run), Path(run) / "vqvae"
+    model = model_source(vqvae_run) if not is_run(vqvae_run) else None
+    if model is not None:  # a model's VQ-VAE, written as a run folder holds it
+        vq = load_vqvae(model)
+        dst.mkdir(parents=True, exist_ok=True)
+        io.save_tensors(dst / "ema.safetensors", {k: v.contiguous() for k, v in vq.state_dict().items()})
+        io.save_json(dst / "config.json", {"stage": "vqvae", "model": asdict(vq.cfg), "from_model": str(model)})
+        return
     read_config(src, "vqvae")
     if not (src / "ema.safetensors").exists():
         raise FileNotFoundError(f"{src} has no ema.safetensors yet (no checkpoint was written)")

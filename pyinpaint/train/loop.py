@@ -537,10 +537,19 @@ class Run:
         io.atomic_write(p, lambda tmp: Path(tmp).write_text("".join(ln + "\n" for ln in kept)))
 
 
-def _init_from(src: Run, config: dict[str, Any], task: Task, ema: EMA, device: torch.device) -> None:
-    """Load the model and EMA weights of run ``src``'s newest checkpoint (same stage and model config)."""
-    if not src.exists:
-        raise FileNotFoundError(f"--init-from: {src.dir} is not a run directory (no config.json)")
+def _init_from(source: str, config: dict[str, Any], task: Task, ema: EMA, device: torch.device) -> None:
+    """Start from the weights of a run's newest checkpoint (model and EMA weights; same stage and architecture), or
+    of a model (a shipped model's name or a model folder: the stage's networks; for stages 2 and 3 the run's VQ-VAE
+    must be the model's own, so that the codes mean what they meant)."""
+    from pyinpaint.runs import is_run, model_source
+
+    src = Run(source)
+    model = model_source(source)
+    if model is not None:
+        return _init_from_model(model, config, task, ema, device)
+    if not is_run(source):
+        raise FileNotFoundError(f"--init-from: {src.dir} is neither a run directory (no config.json) nor a model "
+                                "(a shipped model's name or a folder written by pyinpaint export)")
     theirs = io.load_json(src.dir / "config.json")
     if theirs["stage"] != config["stage"]:
         raise ValueError(f"--init-from: {src.dir} is a {theirs['stage']} run, this is a {config['stage']} run")
@@ -558,6 +567,38 @@ def _init_from(src: Run, config: dict[str, Any], task: Task, ema: EMA, device: t
     src.verify(ck)
     io.load_state_into(task.model, io.load_tensors(ck / "model.safetensors", device), f"{ck}/model.safetensors")
     io.load_state_into(ema.model, io.load_tensors(ck / "ema.safetensors", device), f"{ck}/ema.safetensors")
+
+
+def _init_from_model(path: Path, config: dict[str, Any], task: Task, ema: EMA, device: torch.device) -> None:
+    from pyinpaint.modelfile import load_model
+
+    model = load_model(path, device)
+    stage = config["stage"]
+    if stage == "vqvae":
+        nets = {"": model.vqvae}
+    else:
+        theirs, ours = model.vqvae.state_dict(), task.vqvae.state_dict()
+        if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].to(theirs[k].device)) for k in ours):
+            raise ValueError(f"--init-from {path}: this run's VQ-VAE is not the model's own, and its {stage} network "
+                             f"reads that VQ-VAE's codes: pass --vqvae {path} too")
+        if stage == "structure":
+            nets = {"": model.structure}
+        elif model.discriminator is None:
+            raise ValueError(f"--init-from {path}: the model has no discriminator, which training the texture "
+                             "generator needs (export it with its discriminator)")
+        else:
+            nets = {"generator.": model.generator, "discriminator.": model.discriminator}
+    state = {prefix + k: v for prefix, net in nets.items() for k, v in net.state_dict().items()}
+    ours = task.model.state_dict()
+    if state.keys() != ours.keys() or any(state[k].shape != ours[k].shape for k in ours):
+        raise ValueError(f"--init-from {path}: the model's {stage} networks differ from this run's architecture "
+                         f"(preset and sizes): {_arch(nets)} vs this run's {config['model'].get(stage, config['model'])}")
+    io.load_state_into(task.model, state, f"{path} ({stage})")
+    io.load_state_into(ema.model, state, f"{path} ({stage})")
+
+
+def _arch(nets: dict[str, nn.Module]) -> str:
+    return ", ".join(str(getattr(n, "cfg", type(n).__name__)) for n in nets.values())
 
 
 def _fmt(v: float) -> str:
@@ -649,7 +690,7 @@ def _train(task, train_set, val_set, args, resume, device, progress, on_create, 
         if ddp.main:
             run.truncate_log(step)
     elif args.init_from:
-        _init_from(Run(args.init_from), config, task, ema, device)
+        _init_from(args.init_from, config, task, ema, device)
     if ddp.main:
         io.save_json(run.dir / "config.json", config)
     if step >= args.steps:

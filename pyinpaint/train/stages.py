@@ -75,7 +75,7 @@ def _train_on_vqvae(stage: str, data, out, vqvae, make_task, *, masks: str, val_
     if not resume and vqvae is None:
         raise ValueError(f"train {stage}: a VQ-VAE run is needed (vqvae=...)")
     device = resolve_device(args.device)
-    vq = load_vqvae(Path(out) / "vqvae" if resume else Path(vqvae), device)
+    vq = load_vqvae(Path(out) / "vqvae" if resume else vqvae, device)
     size = vq.cfg.image_size
     train_set = ImageFolder(data, size=size, recipe=recipe, seed=args.seed)
     val_set = ImageFolder(val_data, size=size, recipe="resize") if val_data else None
@@ -91,7 +91,10 @@ def _train_on_vqvae(stage: str, data, out, vqvae, make_task, *, masks: str, val_
 def _vqvae_run_name(vqvae, out) -> str:
     """The VQ-VAE run recorded in the config (a resume without ``vqvae`` keeps the recorded one)."""
     if vqvae is not None:
-        return str(Path(vqvae).resolve())
+        from pyinpaint.runs import model_source
+
+        model = model_source(vqvae)
+        return str((model or Path(vqvae)).resolve())
     from pyinpaint import io
 
     p = Path(out) / "config.json"
