@@ -81,7 +81,8 @@ def test_fuzz_dtypes_and_ranges(inp):
                                torch.full((3, h, w), float("nan"), dtype=torch.bfloat16)],
            "must be": [base.astype(bool), torch.zeros(3, h, w, dtype=torch.int64), np.zeros((h, w, 2)),
                        np.zeros((h, w, 3), np.complex64), torch.zeros(h, w, 3), np.zeros((2, h, w, 3)),
-                       123, [[0.5]]]}
+                       123],
+           "several images need as many masks": [[[0.5]]]}  # a list is several images
     for words, images in bad.items():
         for image in images:
             err = _check(inp, image, hole)
