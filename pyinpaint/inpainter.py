@@ -426,12 +426,12 @@ class Inpainter:
         for i, (image, mask) in enumerate(items):
             try:
                 prepared = self.prepare(image, mask, strategy, invert)
+                k = len(prepared.windows)
+                plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=k, device=self.device)
             except Exception:
-                if group:  # the inputs before a bad one are filled first (nothing done is lost)
+                if group:  # the inputs before a bad one (or one too big for memory) are filled first: nothing is lost
                     yield from run_group()
                 raise
-            k = len(prepared.windows)
-            plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=k, device=self.device)
             if len(plan.batches) > 1:  # too big to share a batch: alone, after the waiting ones
                 if group:
                     yield from run_group()

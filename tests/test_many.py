@@ -145,8 +145,8 @@ def test_bad_input(inp):
         inp.inpaint_many([(img, hole)], n=0)  # options are checked at the call, before any input is read
     with pytest.raises(ValueError, match="strategy"):
         inp.inpaint_many([(img, hole)], n=1, strategy="zoom")
-    # a bad input is reported when it is reached; the results before it have been given
-    it = inp.inpaint_many([(img, hole), (img, np.zeros((3, 3), bool))], n=1, batch_images=1)
+    # a bad input is reported when it is reached, after the inputs waiting for its batch have been filled
+    it = inp.inpaint_many([(img, hole), (img, np.zeros((3, 3), bool))], n=1)
     assert next(it).images
     with pytest.raises(ValueError, match="size"):
         next(it)
