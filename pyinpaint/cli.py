@@ -334,10 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="assemble a model directory from three training runs",
                         description="Assemble a model (config.json + model.safetensors + model card) from the runs of "
-                                    "the three stages, with the weights the official pipeline uses (EMA for stages 1-2).")
-    ex.add_argument("--vqvae", help="VQ-VAE run (default: the copy kept inside the structure run)")
-    ex.add_argument("--structure", required=True, help="structure-generator run")
-    ex.add_argument("--texture", required=True, help="texture-generator run")
+                                    "the three stages, with the weights the official pipeline uses (EMA for stages "
+                                    "1-2); stages without a run come from --base.")
+    ex.add_argument("--vqvae", help="VQ-VAE run (default: the copy kept inside the structure run, else the texture "
+                                    "run's, else --base's)")
+    ex.add_argument("--structure", help="structure-generator run (default: --base's)")
+    ex.add_argument("--texture", help="texture-generator run (default: --base's)")
+    ex.add_argument("--base", metavar="MODEL",
+                    help="a model (a shipped model's name such as faces, or a model folder) giving the stages no run "
+                         "is given for, e.g. after fine-tuning one stage with --init-from MODEL")
     ex.add_argument("-o", "--out", required=True, help="model directory to write")
     _add_overwrite(ex, "the model files (config.json, model.safetensors, README.md) in an existing --out")
     _add_quiet(ex)
@@ -594,7 +599,7 @@ def _sample_grid(res):
 def _export(a: argparse.Namespace) -> int:
     from pyinpaint.modelfile import export_runs
 
-    path = export_runs(a.vqvae, a.structure, a.texture, a.out, overwrite=a.overwrite)
+    path = export_runs(a.vqvae, a.structure, a.texture, a.out, base=a.base, overwrite=a.overwrite)
     print(f"wrote model {path}")
     return 0
 

@@ -419,15 +419,21 @@ def _run_step(run: Path) -> int | None:
         return None
 
 
-def vqvae_differences(a: PathLike, b: PathLike) -> list[str]:
-    """How two VQ-VAE runs (or RUN/vqvae copies) differ: config and ``ema.safetensors`` tensors; [] = identical."""
-    a, b = Path(a), Path(b)
+def _vq_parts(x: PathLike | VQVAE) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of a VQ-VAE run (or RUN/vqvae copy) or of a loaded VQ-VAE."""
+    if isinstance(x, VQVAE):
+        return dataclasses.asdict(x.cfg), {k: v.detach().cpu() for k, v in x.state_dict().items()}
+    x = Path(x)
+    return io.load_json(x / "config.json").get("model"), io.load_tensors(x / "ema.safetensors")
+
+
+def vqvae_differences(a: PathLike | VQVAE, b: PathLike | VQVAE) -> list[str]:
+    """How two VQ-VAEs differ (runs, RUN/vqvae copies or loaded ones): config and weights; [] = identical."""
     out = []
-    ca, cb = (io.load_json(p / "config.json").get("model") for p in (a, b))
+    (ca, ta), (cb, tb) = _vq_parts(a), _vq_parts(b)
     if ca != cb:
         keys = sorted(k for k in set(ca or {}) | set(cb or {}) if (ca or {}).get(k) != (cb or {}).get(k))
         out.append(f"config differs in {keys}")
-    ta, tb = io.load_tensors(a / "ema.safetensors"), io.load_tensors(b / "ema.safetensors")
     if ta.keys() != tb.keys():
         out.append(f"tensor names differ ({sorted(set(ta) ^ set(tb))[:3]} ...)")
     else:
@@ -437,41 +443,62 @@ def vqvae_differences(a: PathLike, b: PathLike) -> list[str]:
     return out
 
 
-def export_runs(vqvae_run: PathLike | None, structure_run: PathLike, texture_run: PathLike, out: PathLike, *,
-                allow_vqvae_mismatch: bool = False, overwrite: bool = False, card: str | bool = True) -> Path:
+def export_runs(vqvae_run: PathLike | None, structure_run: PathLike | None, texture_run: PathLike | None,
+                out: PathLike, *, base: PathLike | None = None, allow_vqvae_mismatch: bool = False,
+                overwrite: bool = False, card: str | bool = True) -> Path:
     """Assemble a model from three training runs: the VQ-VAE and structure generator with their Polyak-EMA
     weights, the texture generator and discriminator with the weights of the texture run's ``ema.safetensors``
     (stage 3 trains without averaging by default, so these are its raw weights).
 
-    The structure and texture runs must have been trained on this very VQ-VAE (their ``RUN/vqvae`` copy is
-    compared with ``vqvae_run``: config and every weight): the PixelCNN's codes index that VQ-VAE's codebook and
-    the texture generator learnt that codebook's vectors, so another VQ-VAE gives meaningless structures. A
-    mismatch is refused (ValueError) unless ``allow_vqvae_mismatch``, which only warns. ``vqvae_run=None``
-    takes the structure run's own copy. Configs that disagree (size, code dimension, number of codes) are
-    always refused.
+    ``base``: a model (a shipped model's name or a model folder) that gives every stage no run is given for, e.g.
+    a texture generator fine-tuned with ``--init-from faces`` exported with the rest of ``faces``.
+
+    The structure and texture networks must have been trained on this very VQ-VAE (a run's ``RUN/vqvae`` copy, or
+    the base model's own, is compared with the VQ-VAE exported: config and every weight): the PixelCNN's codes index
+    that VQ-VAE's codebook and the texture generator learnt that codebook's vectors, so another VQ-VAE gives
+    meaningless structures. A mismatch is refused (ValueError) unless ``allow_vqvae_mismatch``, which only warns.
+    ``vqvae_run=None`` takes the structure run's own copy (else the texture run's, else the base model's). Configs
+    that disagree (size, code dimension, number of codes) are always refused.
     """
     from pyinpaint import runs
+    from pyinpaint.inpainter import model_path
 
-    structure_run, texture_run = Path(structure_run), Path(texture_run)
-    vqvae_run = structure_run / "vqvae" if vqvae_run is None else Path(vqvae_run)
-    vqvae = runs.load_vqvae(vqvae_run)
-    structure, _ = runs.load_structure(structure_run)
-    generator, discriminator, _ = runs.load_texture(texture_run)
+    base_path = None if base is None else model_path(str(base))
+    model = None if base_path is None else load_model(base_path)
+    if model is None and (structure_run is None or texture_run is None):
+        raise ValueError("export needs a structure run and a texture run, or a base model (base=..., --base) to take "
+                         "the missing stages from")
+    structure_run = None if structure_run is None else Path(structure_run)
+    texture_run = None if texture_run is None else Path(texture_run)
+    given = [(stage, run) for stage, run in (("structure", structure_run), ("texture", texture_run)) if run is not None]
+    if vqvae_run is None and given:
+        vqvae_run = given[0][1] / "vqvae"
+    vqvae = runs.load_vqvae(vqvae_run) if vqvae_run is not None else model.vqvae
+    structure = runs.load_structure(structure_run)[0] if structure_run is not None else model.structure
+    if texture_run is not None:
+        generator, discriminator, _ = runs.load_texture(texture_run)
+    else:
+        generator, discriminator = model.generator, model.discriminator
     try:
         check_configs(vqvae.cfg, structure.cfg, generator.cfg)
     except ValueError as e:
         raise ValueError(f"the runs do not form one model: {e}") from None
-    for stage, run in (("structure", structure_run), ("texture", texture_run)):
-        diff = vqvae_differences(vqvae_run, run / "vqvae")
+    checks = [(f"the {stage} run {run}", run / "vqvae") for stage, run in given]
+    if model is not None and len(given) < 2:
+        checks.append((f"the base model {base_path}", model.vqvae))
+    for what, theirs in checks:
+        diff = vqvae_differences(vqvae, theirs)
         if diff:
-            msg = (f"the {stage} run {run} was trained on a different VQ-VAE than {vqvae_run} ({'; '.join(diff)}). "
-                   f"Its codes and structure maps belong to the codebook of its own VQ-VAE ({run / 'vqvae'}), so "
-                   "the exported model would produce meaningless structures. Pass the VQ-VAE it was trained on "
-                   "(e.g. its copy RUN/vqvae)")
+            msg = (f"{what} was trained on a different VQ-VAE than the one exported ({'; '.join(diff)}). Its codes and "
+                   "structure maps belong to the codebook of its own VQ-VAE, so the exported model would produce "
+                   "meaningless structures. Pass the VQ-VAE it was trained on (e.g. a run's copy RUN/vqvae)")
             if not allow_vqvae_mismatch:
                 raise ValueError(msg + ", or allow_vqvae_mismatch=True to export anyway.")
             warnings.warn(msg + "; exporting anyway (allow_vqvae_mismatch=True).", UserWarning, stacklevel=2)
-    source = {"exported_from": {stage: {"run": str(run.resolve()), "step": _run_step(run)}
-                                for stage, run in (("vqvae", vqvae_run), ("structure", structure_run),
-                                                   ("texture", texture_run))}}
+
+    def origin(run: Path | None) -> dict:
+        return {"model": str(base_path)} if run is None else {"run": str(run.resolve()), "step": _run_step(run)}
+
+    source = {"exported_from": {"vqvae": origin(None if vqvae_run is None else Path(vqvae_run)),
+                                "structure": origin(structure_run), "texture": origin(texture_run)}}
     return save_model(out, vqvae, structure, generator, discriminator, source, card=card, overwrite=overwrite)

@@ -93,3 +93,26 @@ def test_export_fine_tuned_runs(stage_images, tiny_model_dir, tmp_path):
     hole = torch.zeros(64, 64, dtype=torch.bool)
     hole[20:40, 20:40] = True
     assert len(inp.sample(torch.rand(3, 64, 64), hole, n=2, seed=0)) == 2
+
+
+def test_export_one_fine_tuned_stage_with_the_rest_of_a_model(stage_images, tiny_model_dir, tiny_vq_run, tmp_path,
+                                                               capsys):
+    assert _train("texture", stage_images, tmp_path / "tx", "--vqvae", str(tiny_model_dir), "--init-from",
+                  str(tiny_model_dir)) == 0
+    assert main(["export", "--texture", str(tmp_path / "tx"), "--base", str(tiny_model_dir), "-o",
+                 str(tmp_path / "model")]) == 0
+    base, new = load_model(tiny_model_dir), load_model(tmp_path / "model")
+    for a, b in ((base.vqvae, new.vqvae), (base.structure, new.structure)):  # from the base model
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    tuned = io.load_tensors(tmp_path / "tx" / "ema.safetensors")  # from the run
+    assert all(torch.equal(tuned["generator." + k], v) for k, v in new.generator.state_dict().items())
+    source = io.load_json(tmp_path / "model" / "config.json")["source"]["exported_from"]
+    assert source["structure"] == {"model": str(tiny_model_dir)} and source["texture"]["step"] == 1
+    # a run trained on another VQ-VAE does not go with the base model's networks
+    assert _train("texture", stage_images, tmp_path / "other", "--vqvae", str(tiny_vq_run)) == 0
+    assert main(["export", "--texture", str(tmp_path / "other"), "--base", str(tiny_model_dir), "-o",
+                 str(tmp_path / "bad")]) == 1
+    assert "different VQ-VAE" in capsys.readouterr().err
+    # without a base model both runs are needed
+    assert main(["export", "--texture", str(tmp_path / "tx"), "-o", str(tmp_path / "bad2")]) == 1
+    assert "or a base model" in capsys.readouterr().err
