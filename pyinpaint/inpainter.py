@@ -516,7 +516,7 @@ _CACHE_LOCK = threading.Lock()
 # The models shipped in the package: name -> folder in pyinpaint/weights/ (config.json, model.safetensors and a model
 # card README.md). Shipping another model = its folder + one line here. The first is the default.
 WEIGHTS = Path(__file__).resolve().parent / "weights"
-SHIPPED = {"faces": "faces-128"}
+SHIPPED = {"faces": "faces-128", "scenes": "scenes-128"}
 DEFAULT_NAME = next(iter(SHIPPED))
 DEFAULT_MODEL = WEIGHTS / SHIPPED[DEFAULT_NAME]
 
