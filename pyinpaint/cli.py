@@ -121,6 +121,10 @@ def _add_strategy(p: argparse.ArgumentParser) -> None:
                         "than the image")
 
 
+_VQVAE_HELP = ("VQ-VAE run directory (its EMA weights are used, frozen), or a model whose VQ-VAE to use (a shipped "
+               "model's name such as faces, or a model folder)")
+
+
 def _add_batch_images(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--batch-images", type=_positive_int,
                    help=f"most {what} sampled together in one batch (default: as many as fit the memory budget of "
@@ -159,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train the structure generator on the ground-truth top codes of a trained "
                                      "VQ-VAE (official train_structure_generator.py: summed cross entropy, Adam "
                                      "with warm-up and (t+1)^-0.35 decay, dropout 0.1, Polyak EMA 0.9997).")
-    ts.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen), or a model whose VQ-VAE to use (a "
-                         "shipped model's name such as faces, or a model folder)")
+    ts.add_argument("--vqvae", required=True, help=_VQVAE_HELP)
     ts.add_argument("--config", default="paper", choices=sorted(STRUCTURE_PRESETS),
                     help="architecture preset (default paper); image size and codebook come from the VQ-VAE")
     ts.add_argument("--masks", default="random",
@@ -176,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train the texture generator (GAN) on the ground-truth structures of a trained "
                                      "VQ-VAE (official train_texture_generator.py: L1 + hinge GAN + 0.1 x VQ feature "
                                      "losses, 1:1 G/D steps, Adam 1e-4 betas (0.5, 0.999)).")
-    tt.add_argument("--vqvae", required=True, help="VQ-VAE run directory (its EMA weights are used, frozen), or a model whose VQ-VAE to use (a "
-                         "shipped model's name such as faces, or a model folder)")
+    tt.add_argument("--vqvae", required=True, help=_VQVAE_HELP)
     tt.add_argument("--config", default="paper", choices=sorted(TEXTURE_PRESETS),
                     help="architecture preset (default paper); image size and code width come from the VQ-VAE")
     tt.add_argument("--masks", default="random", help="training masks (as for 'train structure')")

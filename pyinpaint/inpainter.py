@@ -389,8 +389,8 @@ class Inpainter:
                                         context=context)] * len(items)
         threads = check_threads(threads)
         max_batch = bounds.check_max_batch(max_batch)
-        if batch_images is not None and (isinstance(batch_images, bool) or not isinstance(batch_images, (int, np.integer))
-                                         or batch_images < 1):
+        if batch_images is not None and (isinstance(batch_images, bool)
+                                         or not isinstance(batch_images, (int, np.integer)) or batch_images < 1):
             raise ValueError(f"batch_images must be None (no limit) or a positive integer (got {batch_images!r})")
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
@@ -416,7 +416,8 @@ class Inpainter:
                 with use_threads(threads, device=self.device) as th:
                     parts = self._run([p for _, p in todo], n, [seeds[i] for i, _ in todo], progress=report, th=th,
                                       **options)
-                    done = {i: self._result(p, [part], seeds[i], options["rank"]) for (i, p), part in zip(todo, parts)}
+                    done = {i: self._result(p, [part], seeds[i], options["rank"])
+                            for (i, p), part in zip(todo, parts)}
             for i, p, _ in group:
                 yield done[i] if i in done else self._copies(p, n, seeds[i])
             if progress is not None:
@@ -598,9 +599,9 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
            context: str = CONTEXTS[0], threads: int | None = None,
            max_batch: int | None = None) -> list[Image.Image] | list[list[Image.Image]]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; lists of images and
-    masks: a list of each one's completions, sampled in shared batches; see :meth:`Inpainter.sample`), with ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an
-    :class:`Inpainter`; default: the faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and
-    cached."""
+    masks: a list of each one's completions, sampled in shared batches; see :meth:`Inpainter.sample`), with
+    ``model`` (a shipped model's name such as ``"faces"``, a model directory, or an :class:`Inpainter`; default: the
+    faces model shipped with pyinpaint, 128 px) loaded once per (model, device) and cached."""
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
                                                sampler=sampler, rank=rank, invert=invert,
                                                strategy=strategy, progress=progress, context=context,

@@ -46,7 +46,7 @@ def model_source(source: str | Path) -> Path | None:
 def load_vqvae(run: str | Path, device: str | torch.device = "cpu") -> VQVAE:
     """The VQ-VAE of a run with its Polyak-EMA weights (what the official pipeline evaluates and uses), or of a
     model (a shipped model's name or a model folder: see :func:`model_source`)."""
-    model = model_source(run) if not is_run(run) else None
+    model = model_source(run)
     if model is not None:
         from pyinpaint.modelfile import load_model
 
@@ -67,7 +67,7 @@ def copy_vqvae_into(run: str | Path, vqvae_run: str | Path) -> None:
     from dataclasses import asdict
 
     src, dst = Path(vqvae_run), Path(run) / "vqvae"
-    model = model_source(vqvae_run) if not is_run(vqvae_run) else None
+    model = model_source(vqvae_run)
     if model is not None:  # a model's VQ-VAE, written as a run folder holds it
         vq = load_vqvae(model)
         dst.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,8 @@ from pyinpaint.kernels.sample import draw_reference as draw
 from pyinpaint.kernels.sample import shape_logits
 from pyinpaint.models.structure import PixelCNN
 
-__all__ = ["gumbel_noise", "batch_noise", "shape_logits", "draw", "entropy_bits", "Sampled", "Context", "sample_naive",
-           "sample_cached"]
+__all__ = ["gumbel_noise", "batch_noise", "shape_logits", "draw", "entropy_bits", "Sampled", "Context",
+           "sample_naive", "sample_cached"]
 
 
 def gumbel_noise(seed: int, n: int, positions: int, k: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -121,7 +121,8 @@ def sample_naive(pixelcnn: PixelCNN, h: torch.Tensor, codebook: torch.Tensor, *,
     known region too; with one, known positions take its codes (see :class:`Context` and the module notes).
 
     h: [N, C_h, s, s] (one row per sample: repeat an image's h for several samples); codebook [K, D]. ``seed``: an
-    integer, or (seed, rows) segments (see :func:`batch_noise`). ``progress(position)`` is called after each position. Entropy is 0 where a code is known.
+    integer, or (seed, rows) segments (see :func:`batch_noise`). ``progress(position)`` is called after each
+    position. Entropy is 0 where a code is known.
     """
     n, _, s, _ = h.shape
     k, d = codebook.shape

@@ -570,17 +570,17 @@ def _init_from(source: str, config: dict[str, Any], task: Task, ema: EMA, device
 
 
 def _init_from_model(path: Path, config: dict[str, Any], task: Task, ema: EMA, device: torch.device) -> None:
-    from pyinpaint.modelfile import load_model
+    from pyinpaint.modelfile import load_model, vqvae_differences
 
     model = load_model(path, device)
     stage = config["stage"]
     if stage == "vqvae":
         nets = {"": model.vqvae}
     else:
-        theirs, ours = model.vqvae.state_dict(), task.vqvae.state_dict()
-        if theirs.keys() != ours.keys() or any(not torch.equal(theirs[k], ours[k].to(theirs[k].device)) for k in ours):
-            raise ValueError(f"--init-from {path}: this run's VQ-VAE is not the model's own, and its {stage} network "
-                             f"reads that VQ-VAE's codes: pass --vqvae {path} too")
+        diff = vqvae_differences(task.vqvae, model.vqvae)
+        if diff:
+            raise ValueError(f"--init-from {path}: this run's VQ-VAE is not the model's own ({'; '.join(diff)}), and "
+                             f"its {stage} network reads that VQ-VAE's codes: pass --vqvae {path} too")
         if stage == "structure":
             nets = {"": model.structure}
         elif model.discriminator is None:
