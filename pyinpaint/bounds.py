@@ -12,8 +12,9 @@ the sampler's Gumbel noise (:func:`pyinpaint.sampler.gumbel_noise`: float64 draw
 channels x resnets) and the texture generator's activations (:data:`GENERATOR_BYTES` x S^2 x its channels).
 Independent of b: the sampler's weights in their step layouts (:data:`SAMPLER_BYTES_PER_PARAMETER` per PixelCNN
 parameter), :data:`CALL_BYTES`, and the input's full-size work (reading, resizing, compositing:
-:data:`IMAGE_BYTES_PER_PIXEL` per input pixel). The constants come from peak RSS measured in fresh processes on
-the shipped and the paper configurations, rounded up by 1.3-1.6x (docs/benchmarks.md, "Bounds").
+:data:`IMAGE_BYTES_PER_PIXEL` per input pixel, and :data:`BLEND_BYTES_PER_PIXEL` more with ``blend="poisson"``,
+whose solve covers the hole's box, at most the whole image). The constants come from peak RSS measured in fresh
+processes on the shipped and the paper configurations, rounded up by 1.3-1.6x (docs/benchmarks.md, "Bounds").
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ GENERATOR_BYTES = 32  # per sample, model pixel and texture-generator channel
 SAMPLER_BYTES_PER_PARAMETER = 6  # the weights in step layouts and their set-up, once per call
 CALL_BYTES = 16 << 20  # the condition network, h and the rest, once per call
 IMAGE_BYTES_PER_PIXEL = 48  # per input pixel, once per call (reading, mask, resizing, one output in float)
+BLEND_BYTES_PER_PIXEL = 144  # more per input pixel with blend="poisson" (the harmonic solve over the hole's box)
 OUTPUT_BYTES_PER_PIXEL = 3  # per input pixel and sample: the RGB result kept
 
 
@@ -94,11 +96,13 @@ def kept_bytes(model, size: tuple[int, int], windows: int = 1) -> int:
     return OUTPUT_BYTES_PER_PIXEL * h * w + windows * (12 * s * s + 8 * (s // 8) ** 2)
 
 
-def fixed_bytes(model, size: tuple[int, int]) -> int:
-    """Bytes a call needs whatever n: the sampler's weights in step layouts, the input's full-size work."""
+def fixed_bytes(model, size: tuple[int, int], blend: str = "poisson") -> int:
+    """Bytes a call needs whatever n: the sampler's weights in step layouts, the input's full-size work (with
+    ``blend="poisson"`` its solve, one image at a time)."""
     h, w = size
     params = sum(p.numel() for p in model.structure.pixelcnn.parameters())
-    return SAMPLER_BYTES_PER_PARAMETER * params + CALL_BYTES + IMAGE_BYTES_PER_PIXEL * h * w
+    per_pixel = IMAGE_BYTES_PER_PIXEL + (BLEND_BYTES_PER_PIXEL if blend == "poisson" else 0)
+    return SAMPLER_BYTES_PER_PARAMETER * params + CALL_BYTES + per_pixel * h * w
 
 
 def default_max_batch(model, windows: int = 1) -> int:
@@ -107,11 +111,13 @@ def default_max_batch(model, windows: int = 1) -> int:
     return max(1, BATCH_BYTES // (windows * per_sample_bytes(model)))
 
 
-def estimate(model, n: int, size: tuple[int, int], max_batch: int | None = None, windows: int = 1) -> int:
+def estimate(model, n: int, size: tuple[int, int], max_batch: int | None = None, windows: int = 1,
+             blend: str = "poisson") -> int:
     """Estimated peak bytes of a call of ``n`` samples on an input of ``size`` (height, width) whose holes the model
     sees in ``windows`` windows, beyond the loaded model."""
     b = min(n, max_batch or default_max_batch(model, windows))
-    return fixed_bytes(model, size) + b * windows * per_sample_bytes(model) + n * kept_bytes(model, size, windows)
+    return (fixed_bytes(model, size, blend) + b * windows * per_sample_bytes(model)
+            + n * kept_bytes(model, size, windows))
 
 
 def check_max_batch(max_batch) -> int | None:
@@ -123,7 +129,7 @@ def check_max_batch(max_batch) -> int | None:
 
 
 def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None, windows: int = 1,
-         device: torch.device | str = "cpu", available: int | None = -1) -> Plan:
+         device: torch.device | str = "cpu", available: int | None = -1, blend: str = "poisson") -> Plan:
     """The batches of a call, or ValueError when its estimate exceeds the available memory (naming the largest n
     that fits). ``windows``: the windows the model sees (each sample is drawn once per window). ``available``:
     bytes (-1: measure now; None: unlimited). On a CUDA device the host keeps the outputs only; its working memory
@@ -132,10 +138,10 @@ def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None, 
     batch = min(n, max_batch or default_max_batch(model, windows))
     batches = tuple((i, min(batch, n - i)) for i in range(0, n, batch))
     cpu = torch.device(device).type == "cpu"
-    need = estimate(model, n, size, batch, windows) if cpu else n * kept_bytes(model, size, windows)
+    need = estimate(model, n, size, batch, windows, blend) if cpu else n * kept_bytes(model, size, windows)
     avail = available_memory() if available == -1 else available
     if avail is not None and need > HEADROOM * avail:
-        fits = largest_n(model, size, HEADROOM * avail, batch, cpu, windows)
+        fits = largest_n(model, size, HEADROOM * avail, batch, cpu, windows, blend)
         h, w = size
         what = (f"the largest n that fits is {fits}" if fits >= 1 else
                 "not even one sample fits: use a smaller image, or free memory")
@@ -144,12 +150,13 @@ def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None, 
     return Plan(n, batch, batches, need, avail)
 
 
-def largest_n(model, size: tuple[int, int], budget: float, batch: int, cpu: bool = True, windows: int = 1) -> int:
+def largest_n(model, size: tuple[int, int], budget: float, batch: int, cpu: bool = True, windows: int = 1,
+              blend: str = "poisson") -> int:
     """The largest n whose estimate (batches of at most ``batch``) is within ``budget`` bytes (0 if none)."""
     kept = kept_bytes(model, size, windows)
     if not cpu:
         return max(0, int(budget // kept))
-    free = budget - fixed_bytes(model, size)
+    free = budget - fixed_bytes(model, size, blend)
     per = windows * per_sample_bytes(model)
     within_one = int(free // (per + kept)) if free > 0 else 0  # n <= batch: one batch of n
     if within_one < batch:

@@ -18,9 +18,14 @@ _CONTEXT_HELP = ("what the known region gives the structure: known (default: the
                  "taken from the VQ encoder, only the rest drawn) or sampled (every code drawn, the paper's rule)")
 
 
-def _context(a: argparse.Namespace) -> dict:
-    """--context as a keyword, only when given (the default is the API's)."""
-    return {} if a.context is None else {"context": a.context}
+_BLEND_HELP = ("how the fill meets the known pixels: poisson (default: the generator's output with its colour "
+               "corrected to meet the photo at full resolution without a seam; not in the paper's pipeline) or paste "
+               "(the official composite, as generated)")
+
+
+def _pipeline(a: argparse.Namespace) -> dict:
+    """--context and --blend as keywords, only when given (the defaults are the API's)."""
+    return {k: getattr(a, k) for k in ("context", "blend") if getattr(a, k, None) is not None}
 
 
 def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int, ema_decay: float = 0.9997) -> None:
@@ -246,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategy(evi)
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
     evi.add_argument("--context", help=_CONTEXT_HELP)
+    evi.add_argument("--blend", choices=["poisson", "paste"], help=_BLEND_HELP)
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
@@ -296,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "network per position) or graph (cached, replayed from a CUDA graph; CUDA only); all draw "
                          "the same codes for a seed")
     sa.add_argument("--context", help=_CONTEXT_HELP)
+    sa.add_argument("--blend", choices=["poisson", "paste"], help=_BLEND_HELP)
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
     sa.add_argument("--invert-mask", action="store_true",
                     help="the masks mark the hole with 0 / black instead (white = keep)")
@@ -491,7 +498,7 @@ def _sample_files(a: argparse.Namespace) -> int:
     device = resolve_device(a.device)
     inp = Inpainter.load(model_path(a.model), device=device)
     seed = inp.check_options(a.n, seed=a.seed, temperature=a.temperature, top_k=a.top_k, sampler=a.sampler,
-                             rank=a.rank, **_context(a))
+                             rank=a.rank, **_pipeline(a))
     for p in todo:
         io.read_pair(p.image, p.mask, a.invert_mask)  # raises on a bad input; its warnings print once, here
     if plan.summary() and not a.quiet:
@@ -509,7 +516,7 @@ def _sample_files(a: argparse.Namespace) -> int:
         results = inp.inpaint_many([(p.image, p.mask) for p in todo], a.n, seed=seed, temperature=a.temperature,
                                    top_k=a.top_k, sampler=a.sampler, rank=a.rank, invert=a.invert_mask,
                                    strategy=a.strategy, progress=progress, threads=a.threads,
-                                   batch_images=a.batch_images, **_context(a))
+                                   batch_images=a.batch_images, **_pipeline(a))
         for i, (p, res) in enumerate(zip(todo, results)):  # each image written as soon as its batch is done
             files = plan.files[p.name]
             for old in plan.remove.get(p.name, []):
@@ -646,8 +653,9 @@ def _eval_inpaint(a: argparse.Namespace) -> int:
     res = eval_inpaint(a.model, a.images, a.masks, n=a.n, size=a.size, limit=a.limit, per_block=a.per_block,
                        seed=a.seed, baselines=baselines, strategy=a.strategy, upscale=a.upscale, out=a.out,
                        overwrite=a.overwrite, device=resolve_device(a.device), progress=not a.quiet,
-                       threads=a.threads, batch_images=a.batch_images, **_context(a))
-    print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}")
+                       threads=a.threads, batch_images=a.batch_images, **_pipeline(a))
+    print(f"model {res['model']}: {res['cases']} cases at {res['size']} px, n={a.n}, strategy {a.strategy}, "
+          f"blend {res['blend']}")
     print(format_summary(res["summary"], a.n))
     if a.out:
         print(f"wrote results.csv, summary.csv and best_worst.png to {a.out}")

@@ -18,7 +18,8 @@ mirrored with it, so no hidden pixel becomes context), then brought to ``S`` x `
 bilinear (no antialiasing, as the official ``test.py``), the mask by adaptive max pooling (a model pixel is a hole
 when any pixel it covers is one, so thin holes survive). Paste (:func:`paste`): the model-size completion is brought
 back to the padded square's size (bilinear, antialiased when shrinking), the padding dropped, and only the window's
-hole pixels are written: every known pixel stays the input's, bit for bit.
+hole pixels are written: every known pixel stays the input's, bit for bit. With ``blend="poisson"`` the generator's
+raw output is brought back instead and blended into the window's known pixels (:mod:`pyinpaint.blend`).
 """
 from __future__ import annotations
 
@@ -162,17 +163,33 @@ def cut(image: np.ndarray, hole: np.ndarray, window: Window, size: int) -> tuple
     return x, mt
 
 
-def paste(canvas: np.ndarray, hole: np.ndarray, window: Window, completed: torch.Tensor) -> None:
-    """Write one model-size completion ([3, S, S] in [-1, 1]) of ``window`` into ``canvas`` (H x W x 3 uint8, the
-    image being filled), at the window's hole pixels only (``hole``: H x W bool, the full-resolution mask)."""
+def paste(canvas: np.ndarray, hole: np.ndarray, window: Window, completed: torch.Tensor, blend: str = "paste") -> None:
+    """Write one model-size result ([3, S, S] in [-1, 1]) of ``window`` into ``canvas`` (H x W x 3 uint8, the image
+    being filled), at the window's hole pixels only (``hole``: H x W bool, the full-resolution mask).
+
+    ``blend="paste"``: ``completed`` is the model-size completion, written as it is; ``blend="poisson"``: it is the
+    generator's raw output, blended into the window's known pixels (:mod:`pyinpaint.blend`)."""
+    from pyinpaint.blend import check_blend, hole_box, poisson_fill_
+
+    check_blend(blend)
     side = max(window.height, window.width)
     s = completed.shape[-1]
     up = completed[None].float()
     if side != s:
         up = F.interpolate(up, size=(side, side), mode="bilinear", align_corners=False, antialias=side < s)
+    elif blend == "poisson":
+        up = up.clone()  # blended in place below: never the caller's tensor
     t, _, l, _ = _square_pads(window.height, window.width)
-    up = up[0, :, t:t + window.height, l:l + window.width]
-    fill = up.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    up = up[:, :, t:t + window.height, l:l + window.width]
     ys, xs = window.slices
     inside = hole[ys, xs]
+    if blend == "poisson":  # only the hole's box is solved: its pixels as floats, nothing more
+        mask = torch.from_numpy(np.ascontiguousarray(inside)).to(up.device)
+        box = hole_box(mask)
+        if box is not None:
+            part = torch.from_numpy(np.ascontiguousarray(canvas[ys, xs][box])).to(up.device)
+            part = part.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+            poisson_fill_(up[(..., *box)], part, mask[box])
+            del part
+    fill = up[0].clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     canvas[ys, xs][inside] = fill[inside]

@@ -284,17 +284,20 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
                  limit: int = 100, per_block: int = 50, seed: int = 0, baselines: tuple[str, ...] = BASELINES,
                  strategy: str = "auto", upscale: int = 1, out: str | Path | None = None, overwrite: bool = False,
                  device: str | torch.device = "cpu", progress: bool = True, context: str | None = None,
+                 blend: str | None = None,
                  threads: int | None = None, batch_images: int | None = None) -> dict:
     """Evaluate a model (None: the default model) on ``images`` (``limit`` of the folder's images, evenly spread over
     its sorted list (see :func:`spread`), resized to ``size``, then enlarged ``upscale`` times with bicubic filtering)
     with each of ``masks`` (see :func:`_cases`; made at the enlarged size), the model filling with ``strategy`` (see
-    :mod:`pyinpaint.crop`) and ``context`` (as in :meth:`Inpainter.sample`: "known" or "sampled"; None: its default).
+    :mod:`pyinpaint.crop`), ``context`` (as in :meth:`Inpainter.sample`: "known" or "sampled"; None: its default)
+    and ``blend`` (:mod:`pyinpaint.blend`: "poisson" or "paste"; None: the default).
     Returns {"rows": one dict per (case, method), "summary": {block: {method: means}}}; with ``out`` writes
     results.csv, summary.csv and best_worst.png (existing ones only with ``overwrite``: checked before any work).
     ``threads``: CPU threads of each sampling call (None: chosen per call, see :mod:`pyinpaint.threads`). The cases
     are filled several to a batch (``batch_images``: at most that many; None: as many as the memory budget allows;
     each case gets the samples it gets alone, seeded ``seed`` + its number); "seconds" of the model's rows is the
     mean time per case."""
+    from pyinpaint.blend import BLENDS, check_blend
     from pyinpaint.crop import STRATEGIES
     import time
 
@@ -304,6 +307,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     from pyinpaint.inpainter import CONTEXTS, get_inpainter
 
     context = CONTEXTS[0] if context is None else context
+    blend = check_blend(BLENDS[0] if blend is None else blend)
     if context not in CONTEXTS:
         raise ValueError(f"unknown context {context!r}: available {', '.join(CONTEXTS)}")
     if n < 1:
@@ -337,8 +341,8 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
     # the cases are filled in shared batches (Inpainter.inpaint_many), each with its own seed; the model's time is
     # reported as the mean per case
     results = inp.inpaint_many([(truths[case.image], case.hole) for _, case in todo], n,
-                               seed=[seed + i for i, _ in todo], strategy=strategy, context=context, threads=threads,
-                               batch_images=batch_images)
+                               seed=[seed + i for i, _ in todo], strategy=strategy, context=context, blend=blend,
+                               threads=threads, batch_images=batch_images)
     model_seconds, ours = 0.0, []
     t0 = time.perf_counter()
     for (i, case), res in zip(tqdm(todo, desc="eval inpaint", disable=not progress), results):
@@ -379,7 +383,7 @@ def eval_inpaint(model: str | Path | None, images: str | Path, masks: list[str],
         _write_eval(Path(out), rows, summary, [(case, truths[case.image], fills) for _, _, case, fills in picks],
                     overwrite)
     return {"rows": rows, "summary": summary, "cases": len(cases), "model": str(inp.model.path or "in memory"),
-            "strategy": strategy, "size": size * upscale}
+            "strategy": strategy, "size": size * upscale, "blend": blend}
 
 
 def summarize_rows(rows: list[dict]) -> dict[str, dict[str, dict[str, float]]]:

@@ -5,9 +5,10 @@ image, or a square context window around each hole region) and bring each to the
 a square, never stretched; image: bilinear with half-pixel centres and no antialiasing, as the official
 ``test.py``'s cv2 resize; mask: a model pixel is a hole when any input pixel it covers is one, so thin holes
 survive) -> masked = x * (1 - m) -> condition network once per window -> the sampler draws n structure maps per
-window, all windows as one batch -> codebook vectors -> texture generator on them as one batch -> completions at
-model size -> bilinear back to each window's size, composited with the input's own mask so that every known pixel
-is the input's, bit for bit -> n images at the input's size. Each step appears once.
+window, all windows as one batch -> codebook vectors -> texture generator on them as one batch (raw outputs at
+model size) -> bilinear back to each window's size, blended into the known pixels (:mod:`pyinpaint.blend`: "poisson"
+by default, or the official "paste" of the model-size completion) and written with the input's own mask, so that
+every known pixel is the input's, bit for bit -> n images at the input's size. Each step appears once.
 
 :class:`Inpainter` holds a loaded model (:mod:`pyinpaint.modelfile`); :func:`sample` loads and caches one per
 (model directory, device). Models shipped in the package are known by name (:data:`SHIPPED`, ``pyinpaint models``).
@@ -37,6 +38,7 @@ from pyinpaint.io import warn as _warn
 from pyinpaint import crop
 from pyinpaint.crop import STRATEGIES, Window
 from pyinpaint import bounds
+from pyinpaint.blend import BLENDS, check_blend
 from pyinpaint.modelfile import Model, load_model
 from pyinpaint.models.texture import complete
 from pyinpaint.threads import check_threads, sampling_work, use_threads
@@ -147,8 +149,10 @@ class Inpainter:
         return Prepared(img, hole, x, m, windows, used)
 
     def check_options(self, n: int, *, seed: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                      sampler: str = "cached", rank: bool = False, context: str = CONTEXTS[0]) -> int:
+                      sampler: str = "cached", rank: bool = False, context: str = CONTEXTS[0],
+                      blend: str = BLENDS[0]) -> int:
         """Validate the sampling options before any work; returns the seed to use (drawn when None)."""
+        check_blend(blend)
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer (got {n!r})")
         if context not in CONTEXTS:
@@ -232,14 +236,23 @@ class Inpainter:
         raise ValueError(f"unknown sampler {sampler!r}: available {', '.join(SAMPLERS)}")
 
     @torch.inference_mode()
-    def complete(self, prepared: Prepared | Sequence[Prepared], structures: torch.Tensor) -> torch.Tensor:
+    def generate(self, prepared: Prepared | Sequence[Prepared], structures: torch.Tensor) -> torch.Tensor:
         """The texture generator on the structure maps [k n, D, s, s] of the k windows (of one input or of several in
-        turn) as one batch -> completions [k n, 3, S, S] (generated pixels in the model-size hole, the window's input
-        elsewhere), in [-1, 1]."""
+        turn) as one batch -> its raw output [k n, 3, S, S] in [-1, 1] (every pixel generated)."""
         masked, m = _windows(prepared)
         masked, m = _per_sample(masked, structures.shape[0]), _per_sample(m, structures.shape[0])
-        raw = self.model.generator(masked, m, structures)
-        return complete(raw, masked, m)
+        return self.model.generator(masked, m, structures)
+
+    def composite(self, prepared: Prepared | Sequence[Prepared], raw: torch.Tensor) -> torch.Tensor:
+        """Raw outputs [k n, 3, S, S] (:meth:`generate`) -> completions at model size: generated pixels in the
+        model-size hole, the window's input elsewhere (the official composite)."""
+        masked, m = _windows(prepared)
+        rows = raw.shape[0]
+        return complete(raw, _per_sample(masked, rows).to(raw.device), _per_sample(m, rows).to(raw.device))
+
+    def complete(self, prepared: Prepared | Sequence[Prepared], structures: torch.Tensor) -> torch.Tensor:
+        """:meth:`generate`, then :meth:`composite`: completions [k n, 3, S, S] in [-1, 1]."""
+        return self.composite(prepared, self.generate(prepared, structures))
 
     @torch.inference_mode()
     def score(self, prepared: Prepared | Sequence[Prepared], completed: torch.Tensor):
@@ -257,17 +270,21 @@ class Inpainter:
         return [w.mean(dim=0) for w in per_window.split([len(p.windows) for p in prepared])]
 
     @torch.inference_mode()
-    def to_input_size(self, prepared: Prepared, completed: torch.Tensor) -> list[Image.Image]:
-        """Completions at model size [k n, 3, S, S] (window-major) -> n images at the input's size: each window's
-        completion resized bilinearly to the window's size (antialiased when shrinking, mirror padding dropped),
-        written where the input's own full-resolution mask is a hole: known pixels are the input's, bit for bit."""
+    def to_input_size(self, prepared: Prepared, raw: torch.Tensor, blend: str = BLENDS[0]) -> list[Image.Image]:
+        """Raw generator outputs at model size [k n, 3, S, S] (window-major, :meth:`generate`) -> n images at the
+        input's size: each window's output resized bilinearly to the window's size (antialiased when shrinking, mirror
+        padding dropped) and written where the input's own full-resolution mask is a hole, blended with the known
+        pixels as ``blend`` says (:mod:`pyinpaint.blend`: "poisson", or the official "paste" of the model-size
+        completion): known pixels are the input's, bit for bit."""
+        check_blend(blend)
         k = len(prepared.windows)
-        n = completed.shape[0] // k
+        n = raw.shape[0] // k
+        shown = raw if blend == "poisson" else self.composite(prepared, raw)
         out = []
         for i in range(n):  # one at a time: full-size float images of large inputs are big
             canvas = prepared.image.copy()
             for w, window in enumerate(prepared.windows):
-                crop.paste(canvas, prepared.hole, window, completed[w * n + i])
+                crop.paste(canvas, prepared.hole, window, shown[w * n + i], blend)
             out.append(Image.fromarray(canvas, "RGB"))
         return out
 
@@ -285,40 +302,41 @@ class Inpainter:
     def _run(self, group: list[Prepared], size: int, seeds: list[int], *, temperature: float, top_k: int | None,
              sampler: str, rank: bool, context: str, progress: Progress | None, th) -> list[tuple]:
         """One batch: ``size`` samples of every window of every input in ``group`` (one seed each). Per input: (codes
-        [k, size, s, s], completions [k, size, 3, S, S], scores [size] or None), on the host."""
+        [k, size, s, s], raw generator outputs [k, size, 3, S, S], scores [size] or None), on the host."""
         th.phase(sampling_work(self.model.structure.pixelcnn, size * sum(len(p.windows) for p in group)))
         with self._graph_lock if sampler == "graph" else contextlib.nullcontext():
             sampled = self.sample_structures(group, size, seed=seeds, temperature=float(temperature), top_k=top_k,
                                              sampler=sampler, progress=th.wrap(progress), context=context)
         th.phase(math.inf)
-        completed = self.complete(group, sampled.embeddings)
-        scores = [s.cpu() for s in self.score(group, completed)] if rank else [None] * len(group)
+        raw = self.generate(group, sampled.embeddings)
+        scores = [s.cpu() for s in self.score(group, self.composite(group, raw))] if rank else [None] * len(group)
         rows = [len(p.windows) * size for p in group]
         # rows are window-major: [k * size] -> [k, size] to join the batches per window
         return [(c.cpu().unflatten(0, (len(p.windows), size)), x.cpu().unflatten(0, (len(p.windows), size)), sc)
-                for p, c, x, sc in zip(group, sampled.codes.split(rows), completed.split(rows), scores)]
+                for p, c, x, sc in zip(group, sampled.codes.split(rows), raw.split(rows), scores)]
 
-    def _result(self, prepared: Prepared, parts: list[tuple], seed: int, rank: bool) -> Result:
+    def _result(self, prepared: Prepared, parts: list[tuple], seed: int, rank: bool, blend: str) -> Result:
         """The Result of one input from its batches' parts (see :meth:`_run`): batches joined per window, ranked
-        when asked, brought to the input's size."""
+        when asked, brought to the input's size with ``blend``."""
         k = len(prepared.windows)
         codes = torch.cat([c for c, _, _ in parts], dim=1)
         n = codes.shape[1]
         codes = codes.flatten(0, 1)
-        completed = torch.cat([c for _, c, _ in parts], dim=1).flatten(0, 1)
+        raw = torch.cat([c for _, c, _ in parts], dim=1).flatten(0, 1)
         scores, order = None, torch.arange(n)
         if rank:
             scores = torch.cat([s for _, _, s in parts])
             order = torch.sort(scores, descending=True, stable=True).indices
             scores = scores[order]
             rows = (torch.arange(k)[:, None] * n + order[None]).flatten()
-            codes, completed = codes[rows], completed[rows]
-        images = self.to_input_size(prepared, completed.to(self.device))  # kept on the host between batches
+            codes, raw = codes[rows], raw[rows]
+        raw = raw.to(self.device)  # kept on the host between batches
+        images = self.to_input_size(prepared, raw, blend)
         for i, (im, j) in enumerate(zip(images, order.tolist())):
             im.info.update({"seed": seed, "sample": j})
             if scores is not None:
                 im.info["score"] = float(scores[i])
-        return Result(images, seed, order.tolist(), codes, completed, scores, prepared)
+        return Result(images, seed, order.tolist(), codes, self.composite(prepared, raw).cpu(), scores, prepared)
 
     @staticmethod
     def _copies(prepared: Prepared, n: int, seed: int) -> Result:
@@ -327,7 +345,7 @@ class Inpainter:
                       prepared=prepared)
 
     def _alone(self, prepared: Prepared, plan: bounds.Plan, n: int, seed: int, progress: Progress | None,
-               th, **options) -> Result:
+               th, blend: str, **options) -> Result:
         """One input in the batches of its plan (``progress`` counts the positions of all batches)."""
         if len(plan.batches) > 1:
             _warn(plan.describe())
@@ -338,16 +356,17 @@ class Inpainter:
                 report = functools.partial(lambda off, done, total: progress(off * total + done,
                                                                              total * len(plan.batches)), b)
             parts += self._run([prepared], size, [bounds.batch_seed(seed, b)], progress=report, th=th, **options)
-        return self._result(prepared, parts, seed, options["rank"])
+        return self._result(prepared, parts, seed, options["rank"], blend)
 
     def inpaint(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                 temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                 invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-                context: str = CONTEXTS[0], threads: int | None = None, max_batch: int | None = None) -> Result:
+                context: str = CONTEXTS[0], blend: str = BLENDS[0], threads: int | None = None,
+                max_batch: int | None = None) -> Result:
         """:meth:`sample` with everything kept: the seed used, the windows, sampled codes, model-size completions,
         scores."""
         seed = self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
-                                  context=context)
+                                  context=context, blend=blend)
         threads = check_threads(threads)
         max_batch = bounds.check_max_batch(max_batch)
         n = int(n)
@@ -357,15 +376,15 @@ class Inpainter:
             if not prepared.hole.any():
                 return self._copies(prepared, n, seed)
             plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=len(prepared.windows),
-                               device=self.device)
-            return self._alone(prepared, plan, n, seed, progress, th, **options)
+                               device=self.device, blend=blend)
+            return self._alone(prepared, plan, n, seed, progress, th, blend, **options)
 
     def inpaint_many(self, items: Sequence[tuple[ImageLike, MaskLike]], n: int = 10, *,
                      seed: int | Sequence[int] | None = None,
                      temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                      invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-                     context: str = CONTEXTS[0], threads: int | None = None, max_batch: int | None = None,
-                     batch_images: int | None = None) -> Iterator[Result]:
+                     context: str = CONTEXTS[0], blend: str = BLENDS[0], threads: int | None = None,
+                     max_batch: int | None = None, batch_images: int | None = None) -> Iterator[Result]:
         """:meth:`inpaint` over several (image, mask) pairs, several images sampled as one batch: the Results, in
         order, each as soon as its batch is done (an iterator; the options are checked at the call, the inputs as
         they are read). Every input gets the same ``seed`` (None: one fresh seed) and the samples it would get alone
@@ -383,10 +402,10 @@ class Inpainter:
             if len(seed) != len(items):
                 raise ValueError(f"one seed per input: {len(seed)} seeds for {len(items)} inputs")
             seeds = [self.check_options(n, seed=sd, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
-                                        context=context) for sd in seed]
+                                        context=context, blend=blend) for sd in seed]
         else:
             seeds = [self.check_options(n, seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank,
-                                        context=context)] * len(items)
+                                        context=context, blend=blend)] * len(items)
         threads = check_threads(threads)
         max_batch = bounds.check_max_batch(max_batch)
         if batch_images is not None and (isinstance(batch_images, bool)
@@ -397,10 +416,10 @@ class Inpainter:
         for i, item in enumerate(items):
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
                 raise ValueError(f"items must be (image, mask) pairs; item {i} is {type(item).__name__}")
-        return self._many(items, int(n), seeds, threads, max_batch, batch_images, invert, strategy, progress,
+        return self._many(items, int(n), seeds, threads, max_batch, batch_images, invert, strategy, progress, blend,
                           dict(temperature=temperature, top_k=top_k, sampler=sampler, rank=rank, context=context))
 
-    def _many(self, items, n, seeds, threads, max_batch, batch_images, invert, strategy, progress, options):
+    def _many(self, items, n, seeds, threads, max_batch, batch_images, invert, strategy, progress, blend, options):
         rows_budget = bounds.default_max_batch(self.model)  # sample rows (samples x windows) of one batch
         total = len(items)
         group: list[tuple[int, Prepared, bounds.Plan]] = []
@@ -416,7 +435,7 @@ class Inpainter:
                 with use_threads(threads, device=self.device) as th:
                     parts = self._run([p for _, p in todo], n, [seeds[i] for i, _ in todo], progress=report, th=th,
                                       **options)
-                    done = {i: self._result(p, [part], seeds[i], options["rank"])
+                    done = {i: self._result(p, [part], seeds[i], options["rank"], blend)
                             for (i, p), part in zip(todo, parts)}
             for i, p, _ in group:
                 yield done[i] if i in done else self._copies(p, n, seeds[i])
@@ -428,7 +447,8 @@ class Inpainter:
             try:
                 prepared = self.prepare(image, mask, strategy, invert)
                 k = len(prepared.windows)
-                plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=k, device=self.device)
+                plan = bounds.plan(self.model, n, prepared.size, max_batch=max_batch, windows=k, device=self.device,
+                                   blend=blend)
             except Exception:
                 if group:  # the inputs before a bad one (or one too big for memory) are filled first: nothing is lost
                     yield from run_group()
@@ -438,7 +458,7 @@ class Inpainter:
                     yield from run_group()
                 report = None if progress is None else (lambda d, t, i=i: progress(i + d / t, total))
                 with use_threads(threads, device=self.device) as th:
-                    yield self._alone(prepared, plan, n, seeds[i], report, th, **options)
+                    yield self._alone(prepared, plan, n, seeds[i], report, th, blend, **options)
                 continue
             need = sum(pl.estimate for _, _, pl in group) + plan.estimate
             if max_batch is None:
@@ -457,7 +477,7 @@ class Inpainter:
     def sample(self, image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = None,
                temperature: float = 1.0, top_k: int | None = None, sampler: str = "cached", rank: bool = False,
                invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-               context: str = CONTEXTS[0], threads: int | None = None,
+               context: str = CONTEXTS[0], blend: str = BLENDS[0], threads: int | None = None,
                max_batch: int | None = None) -> list[Image.Image] | list[list[Image.Image]]:
         """n diverse completions of ``image`` where ``mask`` is nonzero, as PIL images at the input's size. With
         lists of images and masks (paired in order), a list of each image's n completions: several images are
@@ -475,7 +495,10 @@ class Inpainter:
         large photo is filled at close to the photo's own resolution) or "auto" (default: crop when the image is
         larger than the model and the windows are smaller than the image, else resize). ``context`` is what the
         known region gives the structure: "known" (default: the codes the known pixels determine are taken, the rest
-        drawn; see :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule). ``threads``: CPU
+        drawn; see :meth:`sample_structures`) or "sampled" (every position drawn, the paper's rule). ``blend`` is how
+        the fill meets the known pixels (:mod:`pyinpaint.blend`): "poisson" (default: the generator's output with its
+        colour corrected to meet the photo at full resolution without a seam) or "paste" (the official composite, as
+        generated). ``threads``: CPU
         threads (None: chosen per call from the work and the machine's load, see :mod:`pyinpaint.threads`; the
         caller's ``torch.set_num_threads`` is restored afterwards). ``max_batch``: most samples drawn as one batch
         (None: as many as fit a fixed memory budget for this model and image size, see :mod:`pyinpaint.bounds`); a
@@ -484,7 +507,8 @@ class Inpainter:
         fits).
         """
         options = dict(seed=seed, temperature=temperature, top_k=top_k, sampler=sampler, rank=rank, invert=invert,
-                       strategy=strategy, progress=progress, context=context, threads=threads, max_batch=max_batch)
+                       strategy=strategy, progress=progress, context=context, blend=blend, threads=threads,
+                       max_batch=max_batch)
         if isinstance(image, (list, tuple)) or isinstance(mask, (list, tuple)):
             if not (isinstance(image, (list, tuple)) and isinstance(mask, (list, tuple))) or len(image) != len(mask):
                 raise ValueError("several images need as many masks, both as lists (paired in order); got "
@@ -596,7 +620,7 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
            top_k: int | None = None, model: str | os.PathLike | Inpainter | None = None,
            device: str | torch.device | None = None, sampler: str = "cached", rank: bool = False,
            invert: bool = False, strategy: str = "auto", progress: Progress | None = None,
-           context: str = CONTEXTS[0], threads: int | None = None,
+           context: str = CONTEXTS[0], blend: str = BLENDS[0], threads: int | None = None,
            max_batch: int | None = None) -> list[Image.Image] | list[list[Image.Image]]:
     """n diverse completions of ``image`` where ``mask`` is nonzero (``invert=True``: zero; lists of images and
     masks: a list of each one's completions, sampled in shared batches; see :meth:`Inpainter.sample`), with
@@ -605,4 +629,4 @@ def sample(image: ImageLike, mask: MaskLike, n: int = 10, *, seed: int | None = 
     return get_inpainter(model, device).sample(image, mask, n, seed=seed, temperature=temperature, top_k=top_k,
                                                sampler=sampler, rank=rank, invert=invert,
                                                strategy=strategy, progress=progress, context=context,
-                                               threads=threads, max_batch=max_batch)
+                                               blend=blend, threads=threads, max_batch=max_batch)
