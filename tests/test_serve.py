@@ -85,6 +85,7 @@ def test_page_and_info(client):
     info = client.get("/api/info").json()
     assert info["models"] == ["tiny"] and info["model"] == "tiny"
     assert "resize" in info["strategies"]
+    assert info["blends"] == ["poisson", "paste"]
     assert info["limits"] == {"max_upload_bytes": 2 ** 20, "max_side": 512, "max_n": 8}
 
 
@@ -116,6 +117,11 @@ def test_inpaint_end_to_end(client):
         names = sorted(z.namelist())
         assert names == [f"fill_{i:02d}_seed5.png" for i in range(3)]
         np.testing.assert_array_equal(decode(z.read(names[2])), fills[2])
+    # the official composite: same samples, other fills in the hole, the photo outside it
+    pasted = wait(client, submit(client, up["id"], n=3, seed=5, blend="paste").json()["job"])
+    other = [decode(client.get(u).content) for u in pasted["images"]]
+    assert all(np.array_equal(o[~hole], PHOTO[~hole]) and not np.array_equal(o[hole], f[hole])
+               for o, f in zip(other, fills))
     # the same seed draws the same fills
     st2 = wait(client, submit(client, up["id"], n=3, seed=5).json()["job"])
     np.testing.assert_array_equal(decode(client.get(st2["images"][1]).content), fills[1])
@@ -166,7 +172,8 @@ def test_bad_requests_get_a_clear_message(client, case):
                                                ("temperature", "0", "temperature must be a positive"),
                                                ("temperature", "nan", "temperature"), ("top_k", "0", "top_k"),
                                                ("model", "../../weights/faces-128", "unknown model"),
-                                               ("strategy", "stretch", "unknown strategy")])
+                                               ("strategy", "stretch", "unknown strategy"),
+                                               ("blend", "feather", "unknown blend")])
 def test_bad_options(client, field, value, words):
     r = submit(client, upload(client)["id"], **{field: value})
     assert r.status_code == 400 and words in r.json()["error"], r.text

@@ -3,7 +3,7 @@ once at start), and a small JSON API over :mod:`pyinpaint.serve.work`.
 
 API (every error is JSON ``{"error": message}`` with a 4xx status; the page shows the message):
 
-- ``GET /api/info``: models, strategies, limits, device.
+- ``GET /api/info``: models, strategies, blends, limits, device.
 - ``POST /api/images`` (multipart ``image``): decode a photo -> ``{id, width, height, url, notes}``.
 - ``GET /api/images/{id}.png``: that photo as decoded (what the page paints on, what the model sees).
 - ``POST /api/masks`` (multipart ``mask``, optional ``image`` id): read a mask file (nonzero = hole) -> PNG 0/255.
@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pyinpaint.serve.work import Kept, Limits, Models, Queue, RequestError, decode_mask, encode_png, inpaint_options, \
-    store_upload, strategies
+from pyinpaint.serve.work import Kept, Limits, Models, Queue, RequestError, blends, decode_mask, encode_png, \
+    inpaint_options, store_upload, strategies
 
 # The page may load only its own files; nothing from elsewhere (and nothing inline).
 _CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
@@ -93,6 +93,7 @@ def create_app(models: Models, limits: Limits = Limits(), trusted_hosts: list[st
 
     async def info(request: Request) -> Response:
         return JSONResponse({"models": models.names, "model": models.default, "strategies": list(strategies()),
+                             "blends": list(blends()),
                              "device": models.device_name(),
                              "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_side": limits.max_side,
                                         "max_n": limits.max_n}})

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pyinpaint.blend import BLENDS
 from pyinpaint.crop import STRATEGIES
 from pyinpaint.inpainter import SHIPPED, WEIGHTS, Inpainter
 from pyinpaint.io import read_image, read_mask
@@ -46,6 +47,12 @@ def shipped_models() -> dict[str, str | Path]:
 def strategies() -> tuple[str, ...]:
     """The fill strategies the page offers (``Inpainter.inpaint``'s ``strategy=``; the first is the default)."""
     return STRATEGIES
+
+
+def blends() -> tuple[str, ...]:
+    """How fills meet the photo, as the page offers it (``Inpainter.inpaint``'s ``blend=``; the first is the
+    default)."""
+    return BLENDS
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ def _int(fields: Mapping[str, str], name: str, lo: int, hi: int | None, default:
 def inpaint_options(fields: Mapping[str, str], models: "Models", limits: Limits) -> tuple[str, dict[str, Any]]:
     """The one place where a request's form fields become (model name, :meth:`Inpainter.inpaint` keyword arguments).
     Fields: n, seed (empty: a fresh one), temperature, top_k (empty: all codes), model (a name from the server's
-    list), strategy. Checks what it can without the model; the model checks the rest (e.g. top_k's upper bound)."""
+    list), strategy, blend. Checks what it can without the model; the model checks the rest (e.g. top_k's upper bound)."""
     model = (fields.get("model") or "").strip() or models.default
     if model not in models.names:
         raise RequestError(f"unknown model {model!r}: this server has {', '.join(models.names)}")
@@ -152,10 +159,14 @@ def inpaint_options(fields: Mapping[str, str], models: "Models", limits: Limits)
     strategy = (fields.get("strategy") or "").strip() or strategies()[0]
     if strategy not in strategies():
         raise RequestError(f"unknown strategy {strategy!r}: this server offers {', '.join(strategies())}")
+    blend = (fields.get("blend") or "").strip() or blends()[0]
+    if blend not in blends():
+        raise RequestError(f"unknown blend {blend!r}: this server offers {', '.join(blends())}")
     kwargs: dict[str, Any] = {"n": _int(fields, "n", 1, limits.max_n, 10),
                               "seed": _int(fields, "seed", 0, 2 ** 63 - 1, None),
                               "temperature": temperature,
-                              "top_k": _int(fields, "top_k", 1, None, None), "strategy": strategy}
+                              "top_k": _int(fields, "top_k", 1, None, None), "strategy": strategy,
+                              "blend": blend}
     return model, kwargs
 
 

@@ -56,6 +56,7 @@ async function loadInfo() {
   };
   fill($("model"), info.models, info.model);
   fill($("strategy"), info.strategies, info.strategies[0]);
+  fill($("blend"), info.blends, info.blends[0]);
   $("n").max = info.limits.max_n;
   $("server").textContent = `model ${info.model} · ${info.device}`;
 }
