@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(de)
     de.add_argument("--seed", type=_seed, default=0, help="seed of the samples and of a generated mask (default 0)")
     _add_strategy(de)
+    de.add_argument("--blend", choices=["poisson", "paste"], help=_BLEND_HELP)
     _add_overwrite(de, "an existing output PNG")
     _add_device(de)
     _add_quiet(de)
@@ -692,7 +693,7 @@ def _demo(a: argparse.Namespace) -> int:
         hole = load_mask(a.mask, 256)[0].numpy() > 0
     t0 = time.perf_counter()
     inp = Inpainter.load(a.model, device=resolve_device(a.device))
-    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy, threads=a.threads)
+    res = inp.inpaint(image, hole, a.n, seed=a.seed, strategy=a.strategy, threads=a.threads, **_pipeline(a))
     seconds = time.perf_counter() - t0
     io.save_image(a.out, _sample_grid(res), overwrite=a.overwrite)
     print(f"wrote {a.out}: original, masked, {a.n} completions ({inp.image_size}px model {inp.model.path}; "

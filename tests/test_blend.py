@@ -176,5 +176,12 @@ def test_cli_blend_flag(tmp_path, tiny_model_dir):
                      "--model", str(tiny_model_dir), "--blend", blend, "-o", str(out), "--quiet"]) == 0
         outs[blend] = [np.asarray(Image.open(f)) for f in sorted(out.glob("*.png"))]
     assert outs["poisson"] and not np.array_equal(outs["poisson"][0], outs["paste"][0])
+    grids = {}
+    for blend in BLENDS:  # the demo takes it too
+        out = tmp_path / f"demo-{blend}.png"
+        assert main(["demo", "--model", str(tiny_model_dir), "-o", str(out), "-n", "1", "--blend", blend,
+                     "--quiet"]) == 0
+        grids[blend] = np.asarray(Image.open(out))
+    assert not np.array_equal(grids["poisson"], grids["paste"])
     with pytest.raises(SystemExit):
         main(["sample", str(tmp_path / "face.png"), str(tmp_path / "mask.png"), "--blend", "feather"])
