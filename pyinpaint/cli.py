@@ -67,6 +67,9 @@ def _add_train_common(p: argparse.ArgumentParser, *, lr: float, batch_size: int,
                    help="training preprocessing: faces = resize to 266/256 of the size then random crop "
                         "(official CelebA-HQ); scenes = random crop (official Places2)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    p.add_argument("--keep-best", action="store_true",
+                   help="keep the weights of the best validation so far in RUN/best, a run folder of its own (export, "
+                        "eval and --init-from take it); texture: hole PSNR, structure: bits/dim, VQ-VAE: MSE")
     p.add_argument("--existing-out", action="store_true",
                    help="train into an existing non-empty --out that is not a run (its files are never deleted)")
     p.add_argument("--init-from", metavar="RUN|MODEL",
@@ -406,7 +409,8 @@ def _train_args(a: argparse.Namespace) -> dict:
                 init_from=a.init_from, val_batches=a.val_batches, ckpt_every=a.ckpt_every, workers=a.workers,
                 accumulate=a.accumulate, precision=a.precision, tensorboard=a.tensorboard,
                 channels_last=a.channels_last, compile=a.compile,
-                existing_out=a.existing_out, val_data=a.val_data, recipe=a.recipe, resume=a.resume,
+                existing_out=a.existing_out, keep_best=a.keep_best, val_data=a.val_data, recipe=a.recipe,
+                resume=a.resume,
                 progress=not a.quiet)
 
 

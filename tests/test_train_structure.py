@@ -66,3 +66,21 @@ def test_mismatched_vqvae_is_refused(stage_images, tiny_vq_run, tmp_path, capsys
     assert main(["train", "structure", "--vqvae", str(tmp_path / "missing"), "--data", str(stage_images),
                  "--out", str(tmp_path / "x"), "--config", "tiny", "--device", "cpu"]) == 1  # runtime error: exit 1 (2 = argparse usage errors)
     assert "not a training run" in capsys.readouterr().err
+
+
+def test_keep_best_for_every_stage(stage_images, tiny_vq_run, tmp_path):
+    """--keep-best keeps the lowest validation bits/dim (structure) and MSE (VQ-VAE); RUN/best reads as a run."""
+    from pyinpaint.runs import load_structure, load_vqvae
+
+    val = ("--val-data", str(stage_images), "--val-every", "1", "--val-batches", "1", "--keep-best")
+    assert _train(stage_images, tiny_vq_run, tmp_path / "st", 3, *val) == 0
+    log = [json.loads(ln) for ln in (tmp_path / "st" / "log.jsonl").read_text().splitlines()]
+    bpd = {r["step"]: r["bpd"] for r in log if r["split"] == "val"}
+    best = io.load_json(tmp_path / "st" / "best" / "best.json")
+    assert best["metric"] == "bpd" and best["step"] == min(bpd, key=bpd.get)
+    load_structure(tmp_path / "st" / "best")
+    assert main(["train", "vqvae", "--data", str(stage_images), "--out", str(tmp_path / "vq"), "--config", "tiny",
+                 "--steps", "2", "--batch-size", "2", "--device", "cpu", "--quiet", *val]) == 0
+    best = io.load_json(tmp_path / "vq" / "best" / "best.json")
+    assert best["metric"] == "mse" and best["step"] in (1, 2)
+    load_vqvae(tmp_path / "vq" / "best")

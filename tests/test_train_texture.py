@@ -68,3 +68,32 @@ def test_texture_init_from(stage_images, tiny_vq_run, tmp_path):
     assert main(["train", "texture", "--vqvae", str(tiny_vq_run), "--data", str(stage_images), "--out",
                  str(tmp_path / "bad2"), "--config", "tiny", "--steps", "1", "--batch-size", "2", "--device", "cpu",
                  "--quiet", "--init-from", str(tmp_path / "nothing")]) == 1
+
+
+def test_keep_best_keeps_the_best_validation(stage_images, tiny_vq_run, tmp_path):
+    """--keep-best: RUN/best holds the weights of the best validation so far (the highest hole PSNR), as a run folder
+    of its own; a resumed run goes on comparing against it; the kept weights are those of that step."""
+    from pyinpaint.runs import load_texture
+
+    val = ("--val-data", str(stage_images), "--val-every", "1", "--val-batches", "1", "--ckpt-every", "4",
+           "--keep-best")
+    assert _train(stage_images, tiny_vq_run, tmp_path / "a", 4, *val) == 0
+    log = [json.loads(ln) for ln in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    psnr = {r["step"]: r["hole_psnr"] for r in log if r["split"] == "val"}
+    best = io.load_json(tmp_path / "a" / "best" / "best.json")
+    assert best["metric"] == "hole_psnr" and best["step"] == max(psnr, key=psnr.get)
+    assert best["value"] == max(psnr.values())
+    gen, dis, vq = load_texture(tmp_path / "a" / "best")  # reads as a run (its VQ-VAE copied in)
+    kept = io.load_tensors(tmp_path / "a" / "best" / "ema.safetensors")
+    # the same run stopped at that step has exactly those weights
+    assert _train(stage_images, tiny_vq_run, tmp_path / "c", best["step"]) == 0
+    ref = io.load_tensors(tmp_path / "c" / "ema.safetensors")
+    assert all(torch.equal(kept[k], ref[k]) for k in ref)
+    # interrupted and resumed: the same best
+    assert _train(stage_images, tiny_vq_run, tmp_path / "b", 2, *val) == 0
+    assert _train(stage_images, tiny_vq_run, tmp_path / "b", 4, *val, "--resume") == 0
+    assert io.load_json(tmp_path / "b" / "best" / "best.json") == best
+    assert not list((tmp_path / "b").glob(".best*"))  # no temporary folder left
+    # without the flag, nothing is kept
+    assert _train(stage_images, tiny_vq_run, tmp_path / "d", 1, *val[:-1]) == 0
+    assert not (tmp_path / "d" / "best").exists()

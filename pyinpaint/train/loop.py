@@ -22,6 +22,8 @@ Run directory layout::
     RUN/latest.json          which ckpt-N is the newest, and the checkpoints this run wrote (the only ones it
                              ever deletes)
     RUN/ema.safetensors      the EMA weights of the latest checkpoint: what evaluation and later stages use
+    RUN/best/                with ``keep_best=True``: the EMA weights at the best validation so far (config.json,
+                             ema.safetensors, vqvae/ for stages 2-3, best.json): a run folder of its own
     RUN/tensorboard/         with ``tensorboard=True``
 """
 from __future__ import annotations
@@ -87,6 +89,9 @@ class TrainArgs:
     tensorboard: bool = False
     # Train into an existing non-empty folder that is not a run (nothing in it is ever deleted).
     existing_out: bool = False
+    # Keep the weights of the best validation so far in RUN/best (a run folder of its own: export, eval and
+    # --init-from take it); the task's ``best`` names the metric and its direction.
+    keep_best: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every", "accumulate"):
@@ -105,6 +110,7 @@ class Task(Protocol):
 
     stage: str
     model: nn.Module  # the trained module; its Polyak EMA copy is kept by the loop
+    best: tuple[str, str]  # (validation metric, "max" or "min"): what --keep-best keeps
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
 
@@ -428,6 +434,30 @@ class Run:
         if info is None:
             return []
         return list(info.get("written", [info["checkpoint"]]))
+
+    def best_value(self) -> float | None:
+        """The metric of the weights in RUN/best, or None when there are none."""
+        p = self.dir / "best" / "best.json"
+        return float(io.load_json(p)["value"]) if p.exists() else None
+
+    def save_best(self, step: int, ema: EMA, metric: str, value: float) -> None:
+        """Replace RUN/best with the current EMA weights: a folder that reads as a run (config.json, ema.safetensors,
+        the run's vqvae/ when it has one) plus best.json (step, metric, value). Written beside, then renamed."""
+        tmp = self.dir / f".best.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        shutil.copyfile(self.dir / "config.json", tmp / "config.json")
+        io.save_tensors(tmp / "ema.safetensors", ema.model.state_dict())
+        if (self.dir / "vqvae").is_dir():
+            shutil.copytree(self.dir / "vqvae", tmp / "vqvae")
+        io.save_json(tmp / "best.json", {"step": step, "metric": metric, "value": value})
+        _fsync_dir(tmp)
+        best, old = self.dir / "best", self.dir / f".best.old-{os.getpid()}"
+        if best.exists():
+            best.rename(old)
+        tmp.rename(best)
+        _fsync_dir(self.dir)
+        shutil.rmtree(old, ignore_errors=True)
 
     def save(self, step: int, model: nn.Module, ema: EMA, optimizers: dict[str, torch.optim.Optimizer],
              rng: list[dict[str, torch.Tensor]], extra: dict[str, Any] | None = None) -> None:
@@ -771,6 +801,12 @@ def _train(task, train_set, val_set, args, resume, device, progress, on_create, 
                                 writer.add_scalar(f"val/{k}", v, step)
                         last.update({f"val_{k}": v for k, v in val.items()})
                         bar.write(f"step {step}: " + ", ".join(f"val {k} {_fmt(v)}" for k, v in val.items()))
+                        if args.keep_best:
+                            key, better = task.best
+                            old = run.best_value()
+                            if old is None or (val[key] > old if better == "max" else val[key] < old):
+                                run.save_best(step, ema, key, float(val[key]))
+                                bar.write(f"step {step}: best val {key} so far, weights kept in {run.dir / 'best'}")
                 if step % args.ckpt_every == 0 or step == args.steps:
                     save()
         finally:

@@ -39,6 +39,7 @@ def bits_per_dim(ce_sum: torch.Tensor | float, positions: int) -> float:
 
 class StructureTask:
     stage = "structure"
+    best = ("bpd", "min")  # what --keep-best keeps
 
     def __init__(self, cfg: StructureConfig, vqvae: VQVAE, masks: MaskSource, val_masks: MaskSource, *,
                  lr: float = 0.18, warmup: int = 16000, device: torch.device | str = "cpu", vqvae_run: str = ""):

@@ -38,6 +38,7 @@ class TextureGAN(nn.Module):
 
 class TextureTask:
     stage = "texture"
+    best = ("hole_psnr", "max")  # what --keep-best keeps
 
     def __init__(self, cfg: TextureConfig, vqvae: VQVAE, masks: MaskSource, val_masks: MaskSource, *,
                  lr: float = 1e-4, feature_weight: float = 0.1, device: torch.device | str = "cpu",

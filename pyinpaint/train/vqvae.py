@@ -29,6 +29,7 @@ def codebook_stats(counts: torch.Tensor) -> tuple[float, float]:
 
 class VQVAETask:
     stage = "vqvae"
+    best = ("mse", "min")  # what --keep-best keeps
 
     def __init__(self, cfg: VQVAEConfig, lr: float = 1e-4, device: torch.device | str = "cpu"):
         self.cfg = cfg
