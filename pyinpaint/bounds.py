@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pyinpaint.blend import BLENDS
+
 BATCH_BYTES = 2 << 30  # working memory of one batch that the default max_batch aims at (paper model: 13 samples)
 HEADROOM = 0.85  # fraction of the available memory a call may plan to use
 NOISE_BYTES = 20  # per sample, position and code (float64 draws, their logs, float32 noise)
@@ -96,7 +98,7 @@ def kept_bytes(model, size: tuple[int, int], windows: int = 1) -> int:
     return OUTPUT_BYTES_PER_PIXEL * h * w + windows * (12 * s * s + 8 * (s // 8) ** 2)
 
 
-def fixed_bytes(model, size: tuple[int, int], blend: str = "poisson") -> int:
+def fixed_bytes(model, size: tuple[int, int], blend: str = BLENDS[0]) -> int:
     """Bytes a call needs whatever n: the sampler's weights in step layouts, the input's full-size work (with
     ``blend="poisson"`` its solve, one image at a time)."""
     h, w = size
@@ -112,7 +114,7 @@ def default_max_batch(model, windows: int = 1) -> int:
 
 
 def estimate(model, n: int, size: tuple[int, int], max_batch: int | None = None, windows: int = 1,
-             blend: str = "poisson") -> int:
+             blend: str = BLENDS[0]) -> int:
     """Estimated peak bytes of a call of ``n`` samples on an input of ``size`` (height, width) whose holes the model
     sees in ``windows`` windows, beyond the loaded model."""
     b = min(n, max_batch or default_max_batch(model, windows))
@@ -129,7 +131,7 @@ def check_max_batch(max_batch) -> int | None:
 
 
 def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None, windows: int = 1,
-         device: torch.device | str = "cpu", available: int | None = -1, blend: str = "poisson") -> Plan:
+         device: torch.device | str = "cpu", available: int | None = -1, blend: str = BLENDS[0]) -> Plan:
     """The batches of a call, or ValueError when its estimate exceeds the available memory (naming the largest n
     that fits). ``windows``: the windows the model sees (each sample is drawn once per window). ``available``:
     bytes (-1: measure now; None: unlimited). On a CUDA device the host keeps the outputs only; its working memory
@@ -151,7 +153,7 @@ def plan(model, n: int, size: tuple[int, int], *, max_batch: int | None = None, 
 
 
 def largest_n(model, size: tuple[int, int], budget: float, batch: int, cpu: bool = True, windows: int = 1,
-              blend: str = "poisson") -> int:
+              blend: str = BLENDS[0]) -> int:
     """The largest n whose estimate (batches of at most ``batch``) is within ``budget`` bytes (0 if none)."""
     kept = kept_bytes(model, size, windows)
     if not cpu:

@@ -18,9 +18,11 @@ _CONTEXT_HELP = ("what the known region gives the structure: known (default: the
                  "taken from the VQ encoder, only the rest drawn) or sampled (every code drawn, the paper's rule)")
 
 
-_BLEND_HELP = ("how the fill meets the known pixels: poisson (default: the generator's output with its colour "
-               "corrected to meet the photo at full resolution without a seam; not in the paper's pipeline) or paste "
-               "(the official composite, as generated)")
+def _add_blend(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--blend", choices=["poisson", "paste"],
+                   help="how the fill meets the known pixels: poisson (default: the generator's output with its "
+                        "colour corrected to meet the photo at full resolution without a seam; not in the paper's "
+                        "pipeline) or paste (the official composite, as generated)")
 
 
 def _pipeline(a: argparse.Namespace) -> dict:
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategy(evi)
     evi.add_argument("--seed", type=int, default=0, help="seed of the mask choice and of the samples")
     evi.add_argument("--context", help=_CONTEXT_HELP)
-    evi.add_argument("--blend", choices=["poisson", "paste"], help=_BLEND_HELP)
+    _add_blend(evi)
     evi.add_argument("--baselines", default="telea,ns,mean",
                      help="comma-separated baselines: telea, ns (OpenCV), mean (default all three; '' for none)")
     evi.add_argument("-o", "--out", help="folder for results.csv, summary.csv and best_worst.png")
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(de)
     de.add_argument("--seed", type=_seed, default=0, help="seed of the samples and of a generated mask (default 0)")
     _add_strategy(de)
-    de.add_argument("--blend", choices=["poisson", "paste"], help=_BLEND_HELP)
+    _add_blend(de)
     _add_overwrite(de, "an existing output PNG")
     _add_device(de)
     _add_quiet(de)
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "network per position) or graph (cached, replayed from a CUDA graph; CUDA only); all draw "
                          "the same codes for a seed")
     sa.add_argument("--context", help=_CONTEXT_HELP)
-    sa.add_argument("--blend", choices=["poisson", "paste"], help=_BLEND_HELP)
+    _add_blend(sa)
     sa.add_argument("--rank", action="store_true", help="order the results by discriminator score, best first")
     sa.add_argument("--invert-mask", action="store_true",
                     help="the masks mark the hole with 0 / black instead (white = keep)")

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pyinpaint.blend import check_blend, hole_box, poisson_fill_
+
 STRATEGIES = ("auto", "crop", "resize")
 FACTOR = 2.0  # window side over the hole box's longer side: the hole is about a quarter of the window, like the
 #               official centre mask (128 of 256) the models were trained and evaluated with
@@ -169,8 +171,6 @@ def paste(canvas: np.ndarray, hole: np.ndarray, window: Window, completed: torch
 
     ``blend="paste"``: ``completed`` is the model-size completion, written as it is; ``blend="poisson"``: it is the
     generator's raw output, blended into the window's known pixels (:mod:`pyinpaint.blend`)."""
-    from pyinpaint.blend import check_blend, hole_box, poisson_fill_
-
     check_blend(blend)
     side = max(window.height, window.width)
     s = completed.shape[-1]

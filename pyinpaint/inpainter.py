@@ -270,16 +270,18 @@ class Inpainter:
         return [w.mean(dim=0) for w in per_window.split([len(p.windows) for p in prepared])]
 
     @torch.inference_mode()
-    def to_input_size(self, prepared: Prepared, raw: torch.Tensor, blend: str = BLENDS[0]) -> list[Image.Image]:
-        """Raw generator outputs at model size [k n, 3, S, S] (window-major, :meth:`generate`) -> n images at the
-        input's size: each window's output resized bilinearly to the window's size (antialiased when shrinking, mirror
-        padding dropped) and written where the input's own full-resolution mask is a hole, blended with the known
-        pixels as ``blend`` says (:mod:`pyinpaint.blend`: "poisson", or the official "paste" of the model-size
-        completion): known pixels are the input's, bit for bit."""
+    def to_input_size(self, prepared: Prepared, raw: torch.Tensor, completed: torch.Tensor,
+                      blend: str = BLENDS[0]) -> list[Image.Image]:
+        """Model-size results [k n, 3, S, S] (window-major): the generator's raw outputs (:meth:`generate`) and their
+        completions (:meth:`composite`) -> n images at the input's size: each window's result resized bilinearly to
+        the window's size (antialiased when shrinking, mirror padding dropped) and written where the input's own
+        full-resolution mask is a hole, as ``blend`` says (:mod:`pyinpaint.blend`: "poisson" blends the raw output
+        into the known pixels, the official "paste" writes the completion): known pixels are the input's, bit for
+        bit."""
         check_blend(blend)
         k = len(prepared.windows)
         n = raw.shape[0] // k
-        shown = raw if blend == "poisson" else self.composite(prepared, raw)
+        shown = raw if blend == "poisson" else completed
         out = []
         for i in range(n):  # one at a time: full-size float images of large inputs are big
             canvas = prepared.image.copy()
@@ -331,12 +333,13 @@ class Inpainter:
             rows = (torch.arange(k)[:, None] * n + order[None]).flatten()
             codes, raw = codes[rows], raw[rows]
         raw = raw.to(self.device)  # kept on the host between batches
-        images = self.to_input_size(prepared, raw, blend)
+        completed = self.composite(prepared, raw)
+        images = self.to_input_size(prepared, raw, completed, blend)
         for i, (im, j) in enumerate(zip(images, order.tolist())):
             im.info.update({"seed": seed, "sample": j})
             if scores is not None:
                 im.info["score"] = float(scores[i])
-        return Result(images, seed, order.tolist(), codes, self.composite(prepared, raw).cpu(), scores, prepared)
+        return Result(images, seed, order.tolist(), codes, completed.cpu(), scores, prepared)
 
     @staticmethod
     def _copies(prepared: Prepared, n: int, seed: int) -> Result:

@@ -145,7 +145,8 @@ def _int(fields: Mapping[str, str], name: str, lo: int, hi: int | None, default:
 def inpaint_options(fields: Mapping[str, str], models: "Models", limits: Limits) -> tuple[str, dict[str, Any]]:
     """The one place where a request's form fields become (model name, :meth:`Inpainter.inpaint` keyword arguments).
     Fields: n, seed (empty: a fresh one), temperature, top_k (empty: all codes), model (a name from the server's
-    list), strategy, blend. Checks what it can without the model; the model checks the rest (e.g. top_k's upper bound)."""
+    list), strategy, blend. Checks what it can without the model; the model checks the rest (e.g. top_k's upper
+    bound)."""
     model = (fields.get("model") or "").strip() or models.default
     if model not in models.names:
         raise RequestError(f"unknown model {model!r}: this server has {', '.join(models.names)}")
